@@ -1,0 +1,91 @@
+"""One worker per device: owns that device's memory manager and models, runs model work.
+
+A `Worker` is plain Python: the in-process executor calls it directly, the multi-process
+executor runs it in a child process and forwards calls to it. Its public methods are the only
+operations the engine can ask of a device; each takes handles and small tensors and returns
+small tensors, so calls can cross process boundaries.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import torch
+
+from diffmesh.errors import InterruptedError_
+from diffmesh.executors.base import WorkerSpec
+from diffmesh.models.handle import ModelHandle
+
+Emit = Callable[[dict], None]
+
+
+def _no_emit(event: dict) -> None:
+    return None
+
+
+class Worker:
+    """Runs text encoding, sampling and VAE work for handles on one device."""
+
+    def __init__(self, spec: WorkerSpec):
+        from diffmesh.devices.memory import MemoryManager  # imported here: a worker is built in its own process
+
+        self.spec = spec
+        self.device = torch.device(spec.device)
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        self.memory = MemoryManager(self.device, spec.settings)
+        self.interrupt_flag = threading.Event()
+        from diffmesh.models.load import WeightStore
+
+        # CPU copies of base weights by file: a new LoRA strength or CLIP skip rebuilds the
+        # component from here instead of reading the file again.
+        self.weights = WeightStore()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _component(self, handle: ModelHandle):
+        from diffmesh.models.load import build_component
+
+        return self.memory.use(handle, lambda device, dtype: build_component(handle, device, dtype, self.weights))
+
+    def _check_interrupt(self) -> None:
+        if self.interrupt_flag.is_set():
+            raise InterruptedError_("interrupted")
+
+    # -- the operations ----------------------------------------------------------------------
+    def ping(self) -> dict[str, Any]:
+        return {"worker_id": self.spec.worker_id, "device": str(self.device), "threads": torch.get_num_threads()}
+
+    def encode_text(self, clip: ModelHandle, text: str, emit: Emit = _no_emit) -> list:
+        with self._component(clip) as encoder:
+            return encoder.encode(text)
+
+    def sample(self, model: ModelHandle, job, emit: Emit = _no_emit) -> torch.Tensor:
+        from diffmesh.sampling.pipeline import run_sample_job
+
+        self.interrupt_flag.clear()
+
+        def on_step(step: int, total: int, x0: torch.Tensor | None) -> None:
+            self._check_interrupt()
+            emit({"type": "progress", "value": step, "max": total, "x0": x0})
+
+        with self._component(model) as unet:
+            return run_sample_job(unet, job, on_step)
+
+    def vae_decode(self, vae: ModelHandle, samples: torch.Tensor, tiling: dict | None = None,
+                   emit: Emit = _no_emit) -> torch.Tensor:
+        with self._component(vae) as model:
+            if tiling:
+                return model.decode_tiled(samples, **tiling)
+            return model.decode(samples)
+
+    def vae_encode(self, vae: ModelHandle, pixels: torch.Tensor, emit: Emit = _no_emit) -> torch.Tensor:
+        with self._component(vae) as model:
+            return model.encode(pixels)
+
+    def memory_stats(self) -> dict[str, Any]:
+        return self.memory.stats()
+
+    def free(self, unload_models: bool = True) -> None:
+        if unload_models:
+            self.memory.unload_all()
