@@ -30,6 +30,11 @@ class MemoryManager:
                 self._loaded[handle] = component
         yield component
 
+    def run(self, handle, build: Callable[[torch.device, Any], Any], fn: Callable[[Any], Any]) -> Any:
+        """Run `fn(component)`; the full manager recovers from out-of-memory here (free, lower mode, retry)."""
+        with self.use(handle, build) as component:
+            return fn(component)
+
     def unload_all(self) -> None:
         with self._lock:
             self._loaded.clear()

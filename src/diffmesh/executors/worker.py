@@ -43,10 +43,11 @@ class Worker:
         self.weights = WeightStore()
 
     # -- helpers ---------------------------------------------------------------------------
-    def _component(self, handle: ModelHandle):
+    def _run(self, handle: ModelHandle, fn: Callable[[Any], Any]) -> Any:
+        """Run `fn` on the materialized component; the memory manager handles loading and OOM retry."""
         from diffmesh.models.load import build_component
 
-        return self.memory.use(handle, lambda device, dtype: build_component(handle, device, dtype, self.weights))
+        return self.memory.run(handle, lambda device, dtype: build_component(handle, device, dtype, self.weights), fn)
 
     def _check_interrupt(self) -> None:
         if self.interrupt_flag.is_set():
@@ -57,8 +58,7 @@ class Worker:
         return {"worker_id": self.spec.worker_id, "device": str(self.device), "threads": torch.get_num_threads()}
 
     def encode_text(self, clip: ModelHandle, text: str, emit: Emit = _no_emit) -> list:
-        with self._component(clip) as encoder:
-            return encoder.encode(text)
+        return self._run(clip, lambda encoder: encoder.encode(text))
 
     def sample(self, model: ModelHandle, job, emit: Emit = _no_emit) -> torch.Tensor:
         from diffmesh.sampling.pipeline import run_sample_job
@@ -69,19 +69,16 @@ class Worker:
             self._check_interrupt()
             emit({"type": "progress", "value": step, "max": total, "x0": x0})
 
-        with self._component(model) as unet:
-            return run_sample_job(unet, job, on_step)
+        return self._run(model, lambda unet: run_sample_job(unet, job, on_step))
 
     def vae_decode(self, vae: ModelHandle, samples: torch.Tensor, tiling: dict | None = None,
                    emit: Emit = _no_emit) -> torch.Tensor:
-        with self._component(vae) as model:
-            if tiling:
-                return model.decode_tiled(samples, **tiling)
-            return model.decode(samples)
+        if tiling:
+            return self._run(vae, lambda model: model.decode_tiled(samples, **tiling))
+        return self._run(vae, lambda model: model.decode(samples))
 
     def vae_encode(self, vae: ModelHandle, pixels: torch.Tensor, emit: Emit = _no_emit) -> torch.Tensor:
-        with self._component(vae) as model:
-            return model.encode(pixels)
+        return self._run(vae, lambda model: model.encode(pixels))
 
     def memory_stats(self) -> dict[str, Any]:
         return self.memory.stats()
