@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up diffmesh on a fresh machine.
+#   scripts/setup.sh          install diffmesh and write a tiny demo checkpoint (so the UI's default
+#                             workflow runs out of the box)
+#   scripts/setup.sh --test   also install what the tests need: dev extras, Debian chromium for the
+#                             browser test (never a browser download through playwright)
+# The torch pin keeps the CPU build that lies on our machines; on a GPU machine install the CUDA
+# or ROCm build of torch first and this script leaves it alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if ! $PY -c "import torch" 2>/dev/null; then
+  $PY -m pip install -q "torch==2.13.0"
+fi
+if [ "${1:-}" = "--test" ]; then
+  $PY -m pip install -q -e ".[dev]"
+  if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
+  fi
+else
+  $PY -m pip install -q -e .
+  if [ ! -e models/checkpoints/diffmesh-demo-sd1-tiny.safetensors ]; then
+    $PY -m diffmesh.cli make-test-model --family sd1 --size tiny --out models/checkpoints/diffmesh-demo-sd1-tiny.safetensors
+  fi
+fi
