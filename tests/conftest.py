@@ -1,0 +1,96 @@
+"""Session fixtures shared by every test: tiny random models, the full random SD1.5, reference data.
+
+Model files are generated once into `<repo>/.cache/` and reused by later sessions; a file lock
+keeps parallel pytest sessions (several helpers, xdist) from writing the same files at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CACHE_DIR = REPO_ROOT / ".cache"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _shared_reference_dir() -> Path:
+    env = os.environ.get("DIFFMESH_SHARED")
+    if env:
+        return Path(env) / "reference"
+    return (REPO_ROOT / ".." / "shared" / "reference").resolve()
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """`shared/reference` (make_sd15_random.py, sd15_256_euler/); skips when it is not there."""
+    ref = _shared_reference_dir()
+    if not ref.is_dir():
+        pytest.skip(f"reference data not found at {ref} (set DIFFMESH_SHARED to the folder holding reference/)")
+    return ref
+
+
+@pytest.fixture(scope="session")
+def tiny_model_files() -> dict:
+    """Everything `write_test_models` writes: {"base", "checkpoints", "loras", "embeddings", "vae"}."""
+    from diffmesh.models.testmodels import TEST_MODELS_VERSION, write_test_models
+
+    base = CACHE_DIR / "test-models"
+    stamp = base / "complete.json"
+    with _file_lock(CACHE_DIR / "test-models.lock"):
+        if stamp.exists():
+            info = json.loads(stamp.read_text())
+            paths_ok = all(Path(p).exists() for group in info.values() if isinstance(group, dict)
+                           for p in group.values())
+            if info.get("version") == TEST_MODELS_VERSION and paths_ok:
+                return info
+        info = write_test_models(base)
+        info["version"] = TEST_MODELS_VERSION
+        stamp.write_text(json.dumps(info, indent=1))
+    return info
+
+
+@pytest.fixture(scope="session")
+def models_base(tiny_model_files) -> Path:
+    """A base dir with models/{checkpoints,loras,embeddings,vae} filled with tiny files."""
+    return Path(tiny_model_files["base"])
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_model_files) -> dict[str, str]:
+    """family -> tiny checkpoint path, keys "sd1", "sd2", "sd2v", "sdxl"."""
+    return dict(tiny_model_files["checkpoints"])
+
+
+@pytest.fixture(scope="session")
+def sd15_full_checkpoint() -> Path:
+    """The full-size random SD1.5 (2 GB fp16), made by the reference script once into .cache/."""
+    out = CACHE_DIR / "sd15-random.safetensors"
+    with _file_lock(CACHE_DIR / "sd15-random.lock"):
+        if not out.exists():
+            script = _shared_reference_dir() / "make_sd15_random.py"
+            if script.exists():
+                subprocess.run([sys.executable, str(script), "--variant", "full", "--out", str(out)], check=True)
+            else:
+                # our own port writes the same bytes
+                from diffmesh.models.testmodels import make_test_model
+
+                make_test_model("sd15", "full", out)
+    return out
