@@ -36,11 +36,18 @@ class Worker:
             torch.set_num_threads(spec.threads)
         self.memory = MemoryManager(self.device, spec.settings)
         self.interrupt_flag = threading.Event()
-        from diffmesh.models.load import WeightStore
+        self._weights = None
+        self._groups: dict[str, Any] = {}     # gloo groups this worker belongs to, by name
 
-        # CPU copies of base weights by file: a new LoRA strength or CLIP skip rebuilds the
-        # component from here instead of reading the file again.
-        self.weights = WeightStore()
+    @property
+    def weights(self):
+        """CPU copies of base weights by file: a new LoRA strength or CLIP skip rebuilds the
+        component from here instead of reading the file again (created on first model use)."""
+        if self._weights is None:
+            from diffmesh.models.load import WeightStore
+
+            self._weights = WeightStore()
+        return self._weights
 
     # -- helpers ---------------------------------------------------------------------------
     def _run(self, handle: ModelHandle, fn: Callable[[Any], Any]) -> Any:
@@ -55,15 +62,21 @@ class Worker:
 
     # -- the operations ----------------------------------------------------------------------
     def ping(self) -> dict[str, Any]:
-        return {"worker_id": self.spec.worker_id, "device": str(self.device), "threads": torch.get_num_threads()}
+        import os
+
+        return {"worker_id": self.spec.worker_id, "device": str(self.device), "threads": torch.get_num_threads(),
+                "pid": os.getpid()}
 
     def encode_text(self, clip: ModelHandle, text: str, emit: Emit = _no_emit) -> list:
         return self._run(clip, lambda encoder: encoder.encode(text))
 
-    def sample(self, model: ModelHandle, job, emit: Emit = _no_emit) -> torch.Tensor:
+    def sample(self, model: ModelHandle, job, emit: Emit = _no_emit, group: str | None = None) -> torch.Tensor:
+        """Run a sampling job. A CFG-parallel half (`job.cfg_part`) exchanges through gloo group `group`."""
         from diffmesh.sampling.pipeline import run_sample_job
 
         self.interrupt_flag.clear()
+        if job.cfg_part is not None:
+            job = self._with_exchange(job, group)
 
         def on_step(step: int, total: int, x0: torch.Tensor | None) -> None:
             self._check_interrupt()
@@ -79,6 +92,43 @@ class Worker:
 
     def vae_encode(self, vae: ModelHandle, pixels: torch.Tensor, emit: Emit = _no_emit) -> torch.Tensor:
         return self._run(vae, lambda model: model.encode(pixels))
+
+    def _with_exchange(self, job, group: str | None):
+        from dataclasses import replace
+
+        from diffmesh.parallel.cfg import CfgExchange
+
+        if group not in self._groups:
+            raise ValueError(f"worker {self.spec.worker_id} is not in gloo group {group!r}; "
+                             "the engine must call init_process_group first")
+        return replace(job, exchange=CfgExchange(self._groups[group], job.cfg_part))
+
+    # -- collectives ---------------------------------------------------------------------------
+    def init_process_group(self, rank: int, world: int, init_method: str, name: str = "default",
+                           timeout_s: float = 120.0) -> dict[str, Any]:
+        """Join the gloo group `name` (all members call this at once; it returns when all joined)."""
+        from diffmesh.parallel.cfg import open_group
+
+        self._groups[name] = open_group(rank, world, init_method, name, timeout_s)
+        return {"worker_id": self.spec.worker_id, "group": name, "rank": rank, "world": world}
+
+    def destroy_process_group(self, name: str) -> None:
+        self._groups.pop(name, None)
+
+    def measure_speed(self, seconds: float = 0.3) -> float:
+        """Relative speed for the planner: convolutions per second at a UNet-like shape."""
+        import time
+
+        x = torch.randn(1, 64, 32, 32, device=self.device)
+        conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(self.device)
+        count, start = 0, time.perf_counter()
+        with torch.inference_mode():
+            while time.perf_counter() - start < seconds:
+                conv(x)
+                count += 1
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        return count / (time.perf_counter() - start)
 
     def memory_stats(self) -> dict[str, Any]:
         return self.memory.stats()

@@ -1,0 +1,250 @@
+"""Multi-process executor: one child process per device, each running the same `Worker`.
+
+Worker hygiene (after vLLM's multiprocess executor):
+- start handshake: a child answers "ready" with its pid, device and thread budget, or a start
+  error as data; `start()` waits for every child (bounded by `start_timeout`).
+- liveness watch: a reader thread per child notices EOF on its pipe the moment the child exits;
+  the calls it held fail with `WorkerDied` and a replacement child is started. The child in turn
+  exits when the parent dies (pipe EOF, and a parent-pid watchdog).
+- bounded shutdown: "stop" message, then terminate, then kill, each step bounded.
+- errors as data: a child reports the exception type, message and traceback; the parent raises
+  a `DiffmeshError` subclass (`diffmesh.executors.remote`).
+- progress events reach `on_event` during the call; `interrupt()` reaches the running call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import os
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from diffmesh.errors import WorkerDied
+from diffmesh.executors.base import EventCallback, Executor, WorkerSpec
+from diffmesh.executors.remote import WorkerStartError, dumps, error_from_data, loads
+
+log = logging.getLogger("diffmesh.executors.multiproc")
+
+DEFAULT_WORKER_CLASS = "diffmesh.executors.worker:Worker"
+
+
+class _Child:
+    """One child process, its pipe, and the calls it holds."""
+
+    def __init__(self, spec: WorkerSpec, process, conn):
+        self.spec = spec
+        self.process = process
+        self.conn = conn
+        self.info: dict[str, Any] = {}
+        self.ready = threading.Event()
+        self.start_error: Exception | None = None
+        self.dead = False
+        self.pending: dict[int, tuple[Future, EventCallback | None, str]] = {}
+        self.lock = threading.Lock()
+
+    @property
+    def label(self) -> str:
+        return f"worker {self.spec.worker_id} ({self.spec.device})"
+
+    def send(self, message: tuple) -> None:
+        data = dumps(message)
+        with self.lock:
+            self.conn.send_bytes(data)
+
+
+class MultiProcessExecutor(Executor):
+    def __init__(self, specs: list[WorkerSpec], *, start_timeout: float = 120.0, restart: bool = True,
+                 worker_class: str = DEFAULT_WORKER_CLASS, **options: Any):
+        self.specs = list(specs)
+        self.start_timeout = start_timeout
+        self.restart = restart
+        self.worker_class = worker_class
+        self._ctx = multiprocessing.get_context("spawn")
+        self._children: dict[int, _Child] = {}
+        self._swap = threading.Condition()          # guards _children replacement
+        self._ids = itertools.count(1)
+        self._closing = False
+        self.restarts: dict[int, int] = {s.worker_id: 0 for s in self.specs}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        children = [self._spawn(spec) for spec in self.specs]
+        for child in children:
+            self._await_ready(child)
+
+    def _spawn(self, spec: WorkerSpec) -> _Child:
+        from diffmesh.executors.child import child_main
+
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(target=child_main, name=f"diffmesh-worker-{spec.worker_id}",
+                                    args=(spec, child_conn, os.getpid(), self.worker_class), daemon=True)
+        process.start()
+        child_conn.close()              # so the child's exit gives EOF here
+        child = _Child(spec, process, parent_conn)
+        with self._swap:
+            self._children[spec.worker_id] = child
+            self._swap.notify_all()
+        threading.Thread(target=self._read_loop, args=(child,), daemon=True,
+                         name=f"diffmesh-reader-{spec.worker_id}").start()
+        return child
+
+    def _await_ready(self, child: _Child) -> None:
+        if not child.ready.wait(self.start_timeout):
+            self._stop_child(child, 2.0)
+            raise WorkerStartError(f"no ready message within {self.start_timeout:.0f} s", where=child.label,
+                                   fix="check the worker's log above; raise the start timeout on slow machines")
+        if child.start_error is not None:
+            raise child.start_error
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._closing = True
+        children = list(self._children.values())
+        for child in children:
+            try:
+                child.send(("stop",))
+            except OSError:
+                pass
+        for child in children:
+            self._stop_child(child, timeout)
+        self._children.clear()
+
+    def _stop_child(self, child: _Child, timeout: float) -> None:
+        """Wait for the child to leave, then terminate, then kill: every step bounded."""
+        child.process.join(timeout)
+        if child.process.is_alive():
+            log.warning("%s did not stop within %.1f s; terminating", child.label, timeout)
+            child.process.terminate()
+            child.process.join(2.0)
+        if child.process.is_alive():
+            child.process.kill()
+            child.process.join(2.0)
+        self._fail_pending(child, "the executor shut down")
+        child.conn.close()
+
+    # -- the reader: results, events, liveness -----------------------------------------------
+    def _read_loop(self, child: _Child) -> None:
+        while True:
+            try:
+                message = loads(child.conn.recv_bytes())
+            except (EOFError, OSError):
+                self._on_exit(child)
+                return
+            self._dispatch(child, message)
+
+    def _dispatch(self, child: _Child, message: tuple) -> None:
+        kind = message[0]
+        if kind == "ready":
+            child.info = message[1]
+            child.ready.set()
+        elif kind == "start_error":
+            child.start_error = error_from_data(message[1])
+            child.ready.set()
+        elif kind == "event":
+            entry = child.pending.get(message[1])
+            if entry is not None and entry[1] is not None:
+                try:
+                    entry[1](message[2])
+                except Exception:  # noqa: BLE001 - a failing listener must not kill the reader
+                    log.exception("progress listener failed for %s", child.label)
+        elif kind in ("result", "error"):
+            entry = child.pending.pop(message[1], None)
+            if entry is None:
+                return
+            if kind == "result":
+                entry[0].set_result(message[2])
+            else:
+                entry[0].set_exception(error_from_data(message[2]))
+
+    def _on_exit(self, child: _Child) -> None:
+        child.dead = True
+        child.process.join(5.0)
+        code = child.process.exitcode
+        if not child.ready.is_set():
+            child.start_error = WorkerStartError(f"the process exited with code {code} before it was ready",
+                                                 where=child.label, fix="check the worker's log above")
+            child.ready.set()
+        self._fail_pending(child, f"the process exited with code {code}")
+        if self._closing or not self.restart:
+            return
+        log.warning("%s exited with code %s; starting a replacement", child.label, code)
+        self.restarts[child.spec.worker_id] += 1
+        threading.Thread(target=self._replace, args=(child.spec,), daemon=True).start()
+
+    def _replace(self, spec: WorkerSpec) -> None:
+        try:
+            self._await_ready(self._spawn(spec))
+        except Exception:  # noqa: BLE001 - logged; calls to this worker then fail with WorkerDied
+            log.exception("could not restart worker %s", spec.worker_id)
+
+    def _fail_pending(self, child: _Child, why: str) -> None:
+        while child.pending:
+            call_id, (future, _, method) = child.pending.popitem()
+            if not future.done():
+                future.set_exception(WorkerDied(
+                    f"{why} during {method}()", where=child.label,
+                    fix="the engine retries the operation once; if it repeats, check memory and the worker log"))
+
+    # -- calls ----------------------------------------------------------------------------------
+    def _live_child(self, worker_id: int) -> _Child:
+        """The worker's current process, waiting for a replacement to come up if it just died."""
+        with self._swap:
+            ok = self._swap.wait_for(lambda: worker_id in self._children and not self._children[worker_id].dead
+                                     or self._closing, timeout=self.start_timeout)
+            child = self._children.get(worker_id)
+        if self._closing or not ok or child is None:
+            raise WorkerDied("no live process", where=f"worker {worker_id}",
+                             fix="the executor is shut down or the worker could not restart; see the log")
+        if not child.ready.wait(self.start_timeout) or child.start_error is not None:
+            raise WorkerDied("the process did not become ready", where=child.label,
+                             fix="see the worker's start error in the log")
+        return child
+
+    def call(self, worker_id: int, method: str, *args: Any, on_event: EventCallback | None = None,
+             **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            child = self._live_child(worker_id)
+        except WorkerDied as exc:
+            future.set_exception(exc)
+            return future
+        call_id = next(self._ids)
+        child.pending[call_id] = (future, on_event, method)
+        try:
+            child.send(("call", call_id, method, args, kwargs, on_event is not None))
+        except (OSError, ValueError):
+            # The reader fails the pending calls when it sees the exit.
+            pass
+        except Exception as exc:  # noqa: BLE001 - e.g. an argument that cannot be pickled
+            child.pending.pop(call_id, None)
+            future.set_exception(exc)
+        if child.dead:      # it died between the lookup and the registration: fail what it holds
+            self._fail_pending(child, "the process exited")
+        return future
+
+    def interrupt(self) -> None:
+        for child in list(self._children.values()):
+            if not child.dead:
+                try:
+                    child.send(("interrupt",))
+                except OSError:
+                    pass
+
+    # -- state for the engine and tests --------------------------------------------------------
+    def is_alive(self, worker_id: int) -> bool:
+        child = self._children.get(worker_id)
+        return child is not None and not child.dead and child.ready.is_set() and child.start_error is None
+
+    def busy(self, worker_id: int) -> bool:
+        child = self._children.get(worker_id)
+        return child is not None and bool(child.pending)
+
+    def pid(self, worker_id: int) -> int | None:
+        child = self._children.get(worker_id)
+        return None if child is None else child.process.pid
+
+    def worker_info(self, worker_id: int) -> dict[str, Any]:
+        child = self._children.get(worker_id)
+        return {} if child is None else dict(child.info)

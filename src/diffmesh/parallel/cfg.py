@@ -1,0 +1,113 @@
+"""CFG parallel: the cond half of every guidance evaluation on one worker, the uncond half on
+another, exchanged each step through a two-process gloo group.
+
+Split: both workers get the same job with `cfg_part` "cond" (rank 0) or "uncond" (rank 1).
+Run: each worker evaluates only its half; `CfgExchange` all-gathers the two predictions, so both
+workers combine the same pair and step identically. Merge: both end with the same latent;
+rank 0's is the result. Groups are standalone `ProcessGroupGloo` objects over a `TCPStore`, not
+the process-wide default group, so a worker can belong to several pairs and nothing global is set.
+"""
+
+from __future__ import annotations
+
+import datetime
+import socket
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import torch
+
+PARTS = ("cond", "uncond")          # rank 0 computes cond, rank 1 uncond
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def open_group(rank: int, world: int, init_method: str, name: str, timeout_s: float) -> Any:
+    """Join the gloo group `name` at `init_method` ("tcp://host:port"); rank 0 hosts the store."""
+    import torch.distributed as dist
+
+    url = urlparse(init_method)
+    if url.scheme != "tcp" or not url.port:
+        raise ValueError(f"init_method must look like tcp://127.0.0.1:29500, not {init_method!r}")
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(url.hostname, url.port, world, rank == 0, timeout=timeout)
+    return dist.ProcessGroupGloo(dist.PrefixStore(name, store), rank, world, timeout)
+
+
+class CfgExchange:
+    """`job.exchange` on a worker: `exchange(local_pred) -> (cond_pred, uncond_pred)`."""
+
+    def __init__(self, group: Any, part: str):
+        if part not in PARTS:
+            raise ValueError(f"cfg_part must be one of {PARTS}, not {part!r}")
+        self.group = group
+        self.part = part
+
+    def __call__(self, local_pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        local = local_pred.detach().to("cpu", torch.float32).contiguous()     # (B,C,H,W)
+        gathered = [torch.empty_like(local) for _ in PARTS]
+        self.group.allgather([gathered], [local]).wait()
+        cond, uncond = (t.to(local_pred.device, local_pred.dtype) for t in gathered)
+        return cond, uncond
+
+
+@dataclass(frozen=True)
+class CfgPair:
+    """Two workers joined by the gloo group `group`; `cond` is rank 0."""
+
+    cond: int
+    uncond: int
+    group: str
+
+
+def split_cfg(job, pair: CfgPair) -> list[tuple[int, Any]]:
+    """The two half-jobs, as (worker id, job)."""
+    return [(pair.cond, replace(job, cfg_part="cond", exchange=None)),
+            (pair.uncond, replace(job, cfg_part="uncond", exchange=None))]
+
+
+def merge_cfg(results: list[torch.Tensor]) -> torch.Tensor:
+    """Both halves stepped identically; keep rank 0's latent."""
+    return results[0]
+
+
+Call = Callable[..., Future]
+
+
+class CfgGroups:
+    """Engine side: opens one gloo group per worker pair on first use, drops it after a failure."""
+
+    def __init__(self, call: Call, host: str = "127.0.0.1", timeout_s: float = 120.0):
+        self._call = call
+        self._host = host
+        self._timeout_s = timeout_s
+        self._pairs: dict[tuple[int, int], CfgPair] = {}
+        self._count = 0
+
+    def pair(self, cond: int, uncond: int) -> CfgPair:
+        key = (cond, uncond)
+        if key not in self._pairs:
+            self._count += 1
+            name = f"cfg-{cond}-{uncond}-{self._count}"
+            init = f"tcp://{self._host}:{free_port(self._host)}"
+            futures = [self._call(w, "init_process_group", rank, 2, init, name=name, timeout_s=self._timeout_s)
+                       for rank, w in enumerate(key)]
+            for future in futures:
+                future.result()
+            self._pairs[key] = CfgPair(cond, uncond, name)
+        return self._pairs[key]
+
+    def drop(self, pair: CfgPair) -> None:
+        """Forget a pair after a failed step; each worker closes its side (errors ignored)."""
+        self._pairs.pop((pair.cond, pair.uncond), None)
+        for worker in (pair.cond, pair.uncond):
+            try:
+                self._call(worker, "destroy_process_group", pair.group).result(timeout=30)
+            except Exception:  # noqa: BLE001 - the worker may be dead or restarting; its group is gone then
+                pass
