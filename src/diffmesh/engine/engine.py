@@ -1,48 +1,246 @@
 """The engine runs model work for nodes: it decides where (placement) and how (parallel
 strategy) and calls the executor. Nodes hold handles and call these methods; they never touch
 a device.
+
+`Engine` is the scope of all workers; `Engine.acquire()` leases a subset for one prompt (queue
+parallel) and returns a `Lease` whose `.engine` offers the same operations restricted to those
+workers. Every operation survives one worker death: a call that fails with `WorkerDied` is
+retried once on a live worker (the executor restarts the dead one meanwhile).
 """
 
 from __future__ import annotations
 
+import logging
+from concurrent.futures import Future
 from typing import Any, Callable
 
 import torch
 
+from diffmesh.engine.placement import PlacementPlan, WorkerInfo, place, plan_placement, worker_labels
+from diffmesh.engine.planner import MODES, SamplePlan, Workload, plan_sample
+from diffmesh.errors import ConfigError, WorkerDied
 from diffmesh.executors.base import Executor
 from diffmesh.models.handle import ModelHandle
+from diffmesh.parallel import batch as batch_parallel
+from diffmesh.parallel import cfg as cfg_parallel
+from diffmesh.parallel.queue import WorkerPool
+from diffmesh.parallel.request import parallel_request, plain_handle
 
 Progress = Callable[[dict], None]
+log = logging.getLogger("diffmesh.engine")
 
 
-class Engine:
-    def __init__(self, executor: Executor, default_worker: int = 0):
-        self.executor = executor
-        self.default_worker = default_worker
+def _wait_all(futures: list[Future]) -> list[tuple[Any, BaseException | None]]:
+    """(result, error) for each future, after all of them finished."""
+    out = []
+    for future in futures:
+        try:
+            out.append((future.result(), None))
+        except BaseException as exc:  # noqa: BLE001 - sorted by the caller
+            out.append((None, exc))
+    return out
 
-    # Placement: which worker runs a component. The multi-device issue replaces this with a
-    # placement plan (UNet on the main device, text encoders and VAE on another).
+
+class EngineScope:
+    """Model operations over a set of workers: placement, parallel plan, retry on worker death."""
+
+    def __init__(self, root: "Engine", worker_ids: list[int]):
+        self.root = root
+        self.worker_ids = list(worker_ids)
+
+    # -- what the scope sees -------------------------------------------------------------------
+    @property
+    def workers(self) -> list[WorkerInfo]:
+        return [self.root.infos[w] for w in self.worker_ids]
+
+    @property
+    def placement(self) -> PlacementPlan:
+        return plan_placement(self.workers, self.root.default_device, self.root.split_components)
+
     def worker_for(self, handle: ModelHandle) -> int:
-        return self.default_worker
+        return place(handle, self.placement, list(self.root.infos.values()))
 
+    def plan(self, model: ModelHandle, job) -> SamplePlan:
+        mode = parallel_request(model) or self.root.parallel      # a node's request wins over the flag
+        workload = Workload(batch=int(job.latent.shape[0]), cfg=float(job.cfg))
+        main = self.worker_for(plain_handle(model))
+        return plan_sample(workload, self.workers, mode, main_worker=main)
+
+    # -- calls with one retry ------------------------------------------------------------------
+    def _retry_worker(self, failed: int) -> int:
+        ex = self.root.executor
+        live = [w for w in self.worker_ids if w != failed and ex.is_alive(w)]
+        idle = [w for w in live if not ex.busy(w)]
+        return (idle or live or [failed])[0]
+
+    def _call_once_retried(self, worker: int, method: str, *args: Any, on_event: Progress | None = None,
+                           **kwargs: Any) -> Any:
+        try:
+            return self.root.executor.call(worker, method, *args, on_event=on_event, **kwargs).result()
+        except WorkerDied as exc:
+            retry = self._retry_worker(worker)
+            log.warning("%s; retrying %s() once on worker %s", exc, method, retry)
+            return self.root.executor.call(retry, method, *args, on_event=on_event, **kwargs).result()
+
+    def _tagged(self, progress: Progress | None, worker: int, strategy: str) -> Progress | None:
+        if progress is None:
+            return None
+        where = {"worker": worker, "device": self.root.infos[worker].label, "strategy": strategy}
+        return lambda event: progress({**event, **where})
+
+    # -- operations ----------------------------------------------------------------------------
     def encode_text(self, clip: ModelHandle, text: str) -> list:
-        return self.executor.call(self.worker_for(clip), "encode_text", clip, text).result()
-
-    def sample(self, model: ModelHandle, job, progress: Progress | None = None) -> torch.Tensor:
-        return self.executor.call(self.worker_for(model), "sample", model, job, on_event=progress).result()
+        return self._call_once_retried(self.worker_for(clip), "encode_text", plain_handle(clip), text)
 
     def vae_decode(self, vae: ModelHandle, samples: torch.Tensor, tiling: dict | None = None) -> torch.Tensor:
-        return self.executor.call(self.worker_for(vae), "vae_decode", vae, samples, tiling).result()
+        return self._call_once_retried(self.worker_for(vae), "vae_decode", plain_handle(vae), samples, tiling)
 
     def vae_encode(self, vae: ModelHandle, pixels: torch.Tensor) -> torch.Tensor:
-        return self.executor.call(self.worker_for(vae), "vae_encode", vae, pixels).result()
+        return self._call_once_retried(self.worker_for(vae), "vae_encode", plain_handle(vae), pixels)
+
+    def sample(self, model: ModelHandle, job, progress: Progress | None = None) -> torch.Tensor:
+        plan = self.plan(model, job)
+        self.root.last_plan = plan
+        handle = plain_handle(model)
+        if plan.strategy == "batch":
+            return self._sample_batch(handle, job, plan, progress)
+        if plan.strategy == "cfg":
+            return self._sample_cfg(handle, job, plan, progress)
+        worker = plan.workers[0]
+        return self._call_once_retried(worker, "sample", handle, job, on_event=self._tagged(progress, worker, "single"))
+
+    def _sample_batch(self, handle: ModelHandle, job, plan: SamplePlan, progress: Progress | None) -> torch.Tensor:
+        parts = [(w, job.sliced(start, stop)) for w, (start, stop) in zip(plan.workers, plan.ranges)]
+        futures = [self.root.executor.call(w, "sample", handle, part,
+                                           on_event=self._tagged(progress, w, "batch") if i == 0 else None)
+                   for i, (w, part) in enumerate(parts)]
+        outcomes = _wait_all(futures)
+        errors = [e for _, e in outcomes if e is not None and not isinstance(e, WorkerDied)]
+        if errors:
+            raise errors[0]
+        results = []
+        for (worker, part), (result, error) in zip(parts, outcomes):
+            if error is not None:       # WorkerDied: this slice once more, on a live worker
+                retry = self._retry_worker(worker)
+                log.warning("%s; retrying its batch rows on worker %s", error, retry)
+                result = self.root.executor.call(retry, "sample", handle, part).result()
+            results.append(result)
+        return batch_parallel.merge_batch(results)
+
+    def _sample_cfg(self, handle: ModelHandle, job, plan: SamplePlan, progress: Progress | None) -> torch.Tensor:
+        cond, uncond = plan.workers
+        pair = self.root.cfg_groups.pair(cond, uncond)
+        halves = cfg_parallel.split_cfg(job, pair)
+        futures = [self.root.executor.call(w, "sample", handle, half, group=pair.group,
+                                           on_event=self._tagged(progress, w, "cfg") if i == 0 else None)
+                   for i, (w, half) in enumerate(halves)]
+        outcomes = _wait_all(futures)
+        errors = [e for _, e in outcomes if e is not None]
+        if not errors:
+            return cfg_parallel.merge_cfg([r for r, _ in outcomes])
+        self.root.cfg_groups.drop(pair)
+        died = [(w, e) for (w, _), (_, e) in zip(halves, outcomes) if isinstance(e, WorkerDied)]
+        if not died:
+            raise errors[0]
+        retry = self._retry_worker(died[0][0])
+        log.warning("%s; retrying the whole job once on worker %s without CFG parallel", died[0][1], retry)
+        return self.root.executor.call(retry, "sample", handle, job,
+                                       on_event=self._tagged(progress, retry, "single")).result()
 
     def interrupt(self) -> None:
-        self.executor.interrupt()
+        self.root.executor.interrupt(self.worker_ids)
 
     def free(self, unload_models: bool = True) -> None:
-        for wid in self.executor.worker_ids():
-            self.executor.call(wid, "free", unload_models).result()
+        for future in [self.root.executor.call(w, "free", unload_models) for w in self.worker_ids]:
+            future.result()
 
     def describe(self) -> dict[str, Any]:
-        return {"workers": [s.__dict__ | {} for s in self.executor.specs]}
+        return self.root.describe(self.worker_ids)
+
+
+class Lease:
+    """Workers held by one prompt; `engine` runs that prompt's model work on them only."""
+
+    def __init__(self, root: "Engine", worker_ids: list[int]):
+        self.worker_ids = list(worker_ids)
+        self.engine = EngineScope(root, worker_ids)
+        self._root = root
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._root.pool.give(self.worker_ids)
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class Engine(EngineScope):
+    """All workers of one executor, plus leases for running several prompts at once."""
+
+    def __init__(self, executor: Executor, *, parallel: str = "auto", default_device: str | None = None,
+                 split_components: bool = True, speeds: dict[int, float] | None = None,
+                 cfg_timeout_s: float = 600.0):
+        if parallel not in MODES:
+            raise ConfigError(f"unknown parallel mode {parallel!r}", where="--parallel",
+                              fix=f"choose one of {', '.join(MODES)}")
+        self.executor = executor
+        self.parallel = parallel
+        self.default_device = default_device
+        self.split_components = split_components
+        specs = list(executor.specs)
+        labels = worker_labels([s.device for s in specs])
+        self.infos = {s.worker_id: WorkerInfo(s.worker_id, s.device, label, (speeds or {}).get(s.worker_id, 1.0))
+                      for s, label in zip(specs, labels)}
+        self.pool = WorkerPool(self.infos)
+        self.cfg_groups = cfg_parallel.CfgGroups(
+            executor.call, lambda w: getattr(executor, "restarts", {}).get(w, 0), timeout_s=cfg_timeout_s)
+        self.last_plan: SamplePlan | None = None
+        super().__init__(self, list(self.infos))
+
+    # -- queue parallel --------------------------------------------------------------------------
+    def slots(self) -> int:
+        """How many prompts the dispatcher should run at once."""
+        return len(self.infos) if self.parallel in ("auto", "queue") else 1
+
+    def acquire(self, pending: int = 1, timeout: float | None = None) -> Lease | None:
+        """Lease workers for one prompt; blocks until one is free (None after `timeout`).
+
+        `pending` = prompts waiting, this one included. Mode "queue", or "auto" with more than one
+        prompt pending: one worker per prompt. Otherwise the prompt gets every free worker, so
+        batch and CFG parallel can speed it up.
+        """
+        one_each = self.parallel == "queue" or (self.parallel == "auto" and pending > 1)
+        count = 1 if one_each else len(self.infos)
+        taken = self.pool.take(count, at_least=1, timeout=timeout)
+        return Lease(self, taken) if taken else None
+
+    # -- measurement and reports -------------------------------------------------------------------
+    def calibrate(self, seconds: float = 0.3) -> dict[int, float]:
+        """Measure relative speeds (fastest = 1.0) on every worker at once, for the planner."""
+        futures = {w: self.executor.call(w, "measure_speed", seconds) for w in self.infos}
+        rates = {w: f.result() for w, f in futures.items()}
+        top = max(rates.values())
+        for w, rate in rates.items():
+            info = self.infos[w]
+            self.infos[w] = WorkerInfo(info.worker_id, info.device, info.label, rate / top, info.memory_free)
+        return {w: self.infos[w].speed for w in self.infos}
+
+    def device_names(self) -> list[str]:
+        """Names for device combos (loader `device` inputs, Select*Device nodes)."""
+        return [info.label for info in self.infos.values()]
+
+    def describe(self, worker_ids: list[int] | None = None) -> dict[str, Any]:
+        ids = list(self.infos) if worker_ids is None else list(worker_ids)
+        plan = plan_placement([self.infos[w] for w in ids], self.default_device, self.split_components)
+        restarts = getattr(self.executor, "restarts", {})
+        workers = [{"worker_id": w, "device": self.infos[w].device, "label": self.infos[w].label,
+                    "speed": round(self.infos[w].speed, 3), "alive": self.executor.is_alive(w),
+                    "busy": self.executor.busy(w), "restarts": restarts.get(w, 0)} for w in ids]
+        return {"parallel": self.parallel, "workers": workers, "free_workers": self.pool.free(),
+                "placement": {c: self.infos[plan.worker_for(c)].label for c in ("unet", "clip", "vae")},
+                "last_plan": None if self.last_plan is None else self.last_plan.as_dict()}

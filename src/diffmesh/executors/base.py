@@ -54,8 +54,8 @@ class Executor(ABC):
     def busy(self, worker_id: int) -> bool:
         return False
 
-    def interrupt(self) -> None:
-        """Ask every worker to stop its current call at the next step boundary."""
+    def interrupt(self, worker_ids: list[int] | None = None) -> None:
+        """Ask the workers (default: all) to stop their current call at the next step boundary."""
 
     def __enter__(self) -> "Executor":
         self.start()

@@ -36,9 +36,13 @@ class InProcessExecutor(Executor):
             kwargs["emit"] = on_event
         return self._pools[worker_id].submit(fn, *args, **kwargs)
 
-    def interrupt(self) -> None:
-        for worker in self._workers.values():
-            worker.interrupt_flag.set()
+    def interrupt(self, worker_ids: list[int] | None = None) -> None:
+        for wid, worker in self._workers.items():
+            if worker_ids is None or wid in worker_ids:
+                worker.interrupt_flag.set()
+
+    def busy(self, worker_id: int) -> bool:
+        return self._pools[worker_id]._work_queue.qsize() > 0 if worker_id in self._pools else False
 
     def shutdown(self, timeout: float = 10.0) -> None:
         for pool in self._pools.values():

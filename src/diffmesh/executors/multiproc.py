@@ -224,9 +224,9 @@ class MultiProcessExecutor(Executor):
             self._fail_pending(child, "the process exited")
         return future
 
-    def interrupt(self) -> None:
-        for child in list(self._children.values()):
-            if not child.dead:
+    def interrupt(self, worker_ids: list[int] | None = None) -> None:
+        for wid, child in list(self._children.items()):
+            if not child.dead and (worker_ids is None or wid in worker_ids):
                 try:
                     child.send(("interrupt",))
                 except OSError:

@@ -79,7 +79,8 @@ class Worker:
             job = self._with_exchange(job, group)
 
         def on_step(step: int, total: int, x0: torch.Tensor | None) -> None:
-            self._check_interrupt()
+            if job.exchange is None:        # a CFG-parallel half stops at the exchange, with its partner
+                self._check_interrupt()
             emit({"type": "progress", "value": step, "max": total, "x0": x0})
 
         return self._run(model, lambda unet: run_sample_job(unet, job, on_step))
@@ -101,7 +102,7 @@ class Worker:
         if group not in self._groups:
             raise ValueError(f"worker {self.spec.worker_id} is not in gloo group {group!r}; "
                              "the engine must call init_process_group first")
-        return replace(job, exchange=CfgExchange(self._groups[group], job.cfg_part))
+        return replace(job, exchange=CfgExchange(self._groups[group], job.cfg_part, self.interrupt_flag.is_set))
 
     # -- collectives ---------------------------------------------------------------------------
     def init_process_group(self, rank: int, world: int, init_method: str, name: str = "default",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import socket
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -36,24 +37,35 @@ def open_group(rank: int, world: int, init_method: str, name: str, timeout_s: fl
     if url.scheme != "tcp" or not url.port:
         raise ValueError(f"init_method must look like tcp://127.0.0.1:29500, not {init_method!r}")
     timeout = datetime.timedelta(seconds=timeout_s)
-    store = dist.TCPStore(url.hostname, url.port, world, rank == 0, timeout=timeout)
+    connect = datetime.timedelta(seconds=min(timeout_s, 60.0))     # a partner that never comes: fail soon
+    store = dist.TCPStore(url.hostname, url.port, world, rank == 0, timeout=connect)
     return dist.ProcessGroupGloo(dist.PrefixStore(name, store), rank, world, timeout)
 
 
 class CfgExchange:
-    """`job.exchange` on a worker: `exchange(local_pred) -> (cond_pred, uncond_pred)`."""
+    """`job.exchange` on a worker: `exchange(local_pred) -> (cond_pred, uncond_pred)`.
 
-    def __init__(self, group: Any, part: str):
+    An interrupt is decided together: each side sends its stop flag with its prediction and both
+    stop at the same exchange, so neither is left waiting for a partner that already left.
+    """
+
+    def __init__(self, group: Any, part: str, should_stop: Callable[[], bool] = lambda: False):
         if part not in PARTS:
             raise ValueError(f"cfg_part must be one of {PARTS}, not {part!r}")
         self.group = group
         self.part = part
+        self.should_stop = should_stop
 
     def __call__(self, local_pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        local = local_pred.detach().to("cpu", torch.float32).contiguous()     # (B,C,H,W)
+        flag = torch.tensor([1.0 if self.should_stop() else 0.0])
+        local = torch.cat([local_pred.detach().to("cpu", torch.float32).reshape(-1), flag])   # (B*C*H*W + 1,)
         gathered = [torch.empty_like(local) for _ in PARTS]
         self.group.allgather([gathered], [local]).wait()
-        cond, uncond = (t.to(local_pred.device, local_pred.dtype) for t in gathered)
+        if any(t[-1].item() for t in gathered):
+            from diffmesh.errors import InterruptedError_
+
+            raise InterruptedError_("interrupted")
+        cond, uncond = (t[:-1].view(local_pred.shape).to(local_pred.device, local_pred.dtype) for t in gathered)
         return cond, uncond
 
 
@@ -83,29 +95,38 @@ Call = Callable[..., Future]
 class CfgGroups:
     """Engine side: opens one gloo group per worker pair on first use, drops it after a failure."""
 
-    def __init__(self, call: Call, host: str = "127.0.0.1", timeout_s: float = 120.0):
+    def __init__(self, call: Call, generation: Callable[[int], int] = lambda worker: 0,
+                 host: str = "127.0.0.1", timeout_s: float = 600.0):
         self._call = call
+        self._generation = generation        # a restarted worker process has lost its groups
         self._host = host
         self._timeout_s = timeout_s
         self._pairs: dict[tuple[int, int], CfgPair] = {}
         self._count = 0
+        self._lock = threading.Lock()
 
     def pair(self, cond: int, uncond: int) -> CfgPair:
-        key = (cond, uncond)
-        if key not in self._pairs:
-            self._count += 1
-            name = f"cfg-{cond}-{uncond}-{self._count}"
-            init = f"tcp://{self._host}:{free_port(self._host)}"
-            futures = [self._call(w, "init_process_group", rank, 2, init, name=name, timeout_s=self._timeout_s)
-                       for rank, w in enumerate(key)]
-            for future in futures:
-                future.result()
-            self._pairs[key] = CfgPair(cond, uncond, name)
+        key = (cond, uncond, self._generation(cond), self._generation(uncond))
+        with self._lock:
+            return self._pairs.get(key) or self._open(key)
+
+    def _open(self, key: tuple) -> CfgPair:
+        cond, uncond = key[:2]
+        self._count += 1
+        name = f"cfg-{cond}-{uncond}-{self._count}"
+        init = f"tcp://{self._host}:{free_port(self._host)}"
+        futures = [self._call(w, "init_process_group", rank, 2, init, name=name, timeout_s=self._timeout_s)
+                   for rank, w in enumerate((cond, uncond))]
+        for future in futures:
+            future.result()
+        self._pairs[key] = CfgPair(cond, uncond, name)
         return self._pairs[key]
 
     def drop(self, pair: CfgPair) -> None:
         """Forget a pair after a failed step; each worker closes its side (errors ignored)."""
-        self._pairs.pop((pair.cond, pair.uncond), None)
+        with self._lock:
+            for key in [k for k, v in self._pairs.items() if v == pair]:
+                del self._pairs[key]
         for worker in (pair.cond, pair.uncond):
             try:
                 self._call(worker, "destroy_process_group", pair.group).result(timeout=30)

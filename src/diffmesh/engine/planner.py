@@ -1,0 +1,93 @@
+"""The planner: which parallel strategy runs one sampling job. Plans are plain data.
+
+Inputs: the workers available to the prompt (count, relative speed, free memory), the workload
+(batch size, cfg) and the requested mode (`--parallel auto|none|batch|cfg|queue`, overridden by
+a `MultiGPU_WorkUnits` node). In `auto`, each candidate gets a cost estimate in "UNet rows per
+unit speed" and the cheapest wins; ties go to the simpler strategy:
+  single: 2B rows (cond + uncond; B when cfg == 1) on the main worker;
+  batch:  the slowest share, rows split in proportion to speed (`parallel.batch.split_batch`);
+  cfg:    B rows on each of the two fastest workers, plus a per-step exchange overhead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from diffmesh.engine.placement import WorkerInfo
+from diffmesh.parallel.batch import split_batch
+
+MODES = ("auto", "none", "batch", "cfg", "queue")
+CFG_EXCHANGE_OVERHEAD = 0.05          # fraction of a step lost to the exchange and lockstep waiting
+
+
+@dataclass(frozen=True)
+class Workload:
+    batch: int
+    cfg: float
+    model_bytes: int | None = None     # for the memory check, when known
+
+    @property
+    def uses_uncond(self) -> bool:
+        return self.cfg != 1.0
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    strategy: str                                   # "single" | "batch" | "cfg"
+    workers: tuple[int, ...]                        # single: (w,); cfg: (cond, uncond); batch: one per part
+    ranges: tuple[tuple[int, int], ...] = ()        # batch: rows [start, stop) per worker
+    reason: str = ""
+    cost: float = field(default=0.0, compare=False)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _fits(worker: WorkerInfo, workload: Workload) -> bool:
+    return worker.memory_free is None or workload.model_bytes is None or worker.memory_free >= workload.model_bytes
+
+
+def _single(workload: Workload, main: WorkerInfo, reason: str) -> SamplePlan:
+    rows = workload.batch * (2 if workload.uses_uncond else 1)
+    return SamplePlan("single", (main.worker_id,), reason=reason, cost=rows / main.speed)
+
+
+def _batch(workload: Workload, workers: list[WorkerInfo]) -> SamplePlan | None:
+    usable = sorted(workers, key=lambda w: -w.speed)[: workload.batch]
+    if len(usable) < 2:
+        return None
+    ranges = split_batch(workload.batch, [w.speed for w in usable])
+    parts = [(w, r) for w, r in zip(usable, ranges) if r[1] > r[0]]
+    per_row = 2 if workload.uses_uncond else 1
+    cost = max((stop - start) * per_row / w.speed for w, (start, stop) in parts)
+    return SamplePlan("batch", tuple(w.worker_id for w, _ in parts), tuple(r for _, r in parts),
+                      reason=f"batch of {workload.batch} split by speed over {len(parts)} workers", cost=cost)
+
+
+def _cfg(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo) -> SamplePlan | None:
+    if not workload.uses_uncond or len(workers) < 2:
+        return None
+    others = sorted((w for w in workers if w.worker_id != main.worker_id), key=lambda w: -w.speed)
+    pair = (main, others[0])
+    cost = workload.batch / min(w.speed for w in pair) * (1 + CFG_EXCHANGE_OVERHEAD)
+    return SamplePlan("cfg", (pair[0].worker_id, pair[1].worker_id),
+                      reason=f"cond and uncond on two workers, cfg={workload.cfg}", cost=cost)
+
+
+def plan_sample(workload: Workload, workers: list[WorkerInfo], mode: str = "auto",
+                main_worker: int | None = None) -> SamplePlan:
+    """Pick single, batch or CFG parallel for one job over `workers` (the prompt's workers)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown parallel mode {mode!r}; expected one of {MODES}")
+    usable = [w for w in workers if _fits(w, workload)] or list(workers)
+    main = next((w for w in usable if w.worker_id == main_worker), None) or max(usable, key=lambda w: w.speed)
+    single = _single(workload, main, "one worker")
+    if len(usable) < 2 or mode in ("none", "queue"):
+        return single if len(usable) < 2 else _single(workload, main, f"parallel mode {mode!r}")
+    batch, cfg = _batch(workload, usable), _cfg(workload, usable, main)
+    if mode == "batch":
+        return batch or _single(workload, main, "batch parallel asked for, but the batch has one sample")
+    if mode == "cfg":
+        return cfg or (batch or _single(workload, main, "CFG parallel asked for, but cfg is 1 (no uncond pass)"))
+    candidates = [single] + [p for p in (batch, cfg) if p is not None]     # order = preference on ties
+    return min(candidates, key=lambda p: p.cost)
