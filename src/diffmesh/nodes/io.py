@@ -1,0 +1,221 @@
+"""File nodes: load/save images and latents with ComfyUI's names, counters and metadata (spec §6.10)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, ImageSequence
+from PIL.PngImagePlugin import PngInfo
+
+from diffmesh.nodes.base import SAVE_HIDDEN, NodeContext, NodeDef, NodeSchema, SchemaEnv, combo, inp, out
+
+ANNOTATIONS = {" [output]": "output", " [input]": "input", " [temp]": "temp"}
+TEMP_LETTERS = "abcdefghijklmnopqrstupvxyz"          # sic: ComfyUI's alphabet (no 'w')
+
+
+# -- paths -------------------------------------------------------------------------------------
+
+def type_dir(paths, kind: str) -> Path:
+    return Path({"output": paths.output_dir, "input": paths.input_dir, "temp": paths.temp_dir}[kind])
+
+
+def annotated_path(paths, name: str, default: str = "input") -> Path:
+    """`name` may end in " [output]", " [input]" or " [temp]", which picks the folder."""
+    for suffix, kind in ANNOTATIONS.items():
+        if name.endswith(suffix):
+            return type_dir(paths, kind) / name[: -len(suffix)]
+    return type_dir(paths, default) / name
+
+
+def input_files(env: SchemaEnv, accept) -> list[str]:
+    folder = Path(env.paths.input_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(f.name for f in folder.iterdir() if f.is_file() and accept(f.name))
+
+
+def is_image_file(name: str) -> bool:
+    kind = mimetypes.guess_type(name)[0]
+    return kind is not None and kind.startswith("image/")
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def substitute_tokens(prefix: str, width: int, height: int) -> str:
+    now = time.localtime()
+    tokens = {"%width%": str(width), "%height%": str(height), "%year%": str(now.tm_year),
+              "%month%": f"{now.tm_mon:02d}", "%day%": f"{now.tm_mday:02d}", "%hour%": f"{now.tm_hour:02d}",
+              "%minute%": f"{now.tm_min:02d}", "%second%": f"{now.tm_sec:02d}"}
+    for token, value in tokens.items():
+        prefix = prefix.replace(token, value)
+    return prefix
+
+
+def save_path(prefix: str, output_dir: Path, width: int = 0, height: int = 0) -> tuple[Path, str, int, str]:
+    """(folder, file stem, next counter, subfolder) for `prefix`, as ComfyUI names saved files."""
+    prefix = substitute_tokens(prefix, width, height)
+    subfolder, stem = os.path.split(os.path.normpath(prefix))
+    output_dir = Path(output_dir).resolve()
+    folder = (output_dir / subfolder).resolve()
+    if os.path.commonpath((str(output_dir), str(folder))) != str(output_dir):
+        raise ValueError(f"Saving image outside the output folder is not allowed. full_output_folder: {folder}, "
+                         f"output_dir: {output_dir} (remove '..' or absolute paths from filename_prefix)")
+    counter = 1
+    if folder.is_dir():
+        numbers = []
+        for name in os.listdir(folder):
+            head = name[: len(stem) + 1]
+            if os.path.normcase(head[:-1]) != os.path.normcase(stem) or head[-1:] != "_":
+                continue
+            try:
+                numbers.append(int(name[len(stem) + 1:].split("_")[0]))
+            except ValueError:
+                numbers.append(0)
+        counter = max(numbers, default=0) + 1
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder, stem, counter, subfolder
+
+
+def metadata_texts(ctx: NodeContext, prompt, extra_pnginfo) -> dict[str, str] | None:
+    if ctx.options.get("disable_metadata"):
+        return None
+    texts = {}
+    if prompt is not None:
+        texts["prompt"] = json.dumps(prompt)
+    for key, value in (extra_pnginfo or {}).items():
+        texts[key] = json.dumps(value)
+    return texts
+
+
+# -- images ------------------------------------------------------------------------------------
+
+def save_images(ctx: NodeContext, images: torch.Tensor, filename_prefix: str, kind: str, compress_level: int,
+                prompt=None, extra_pnginfo=None) -> dict:
+    folder, stem, counter, subfolder = save_path(filename_prefix, type_dir(ctx.paths, kind),
+                                                 images[0].shape[1], images[0].shape[0])
+    texts = metadata_texts(ctx, prompt, extra_pnginfo)
+    results = []
+    for batch_number, image in enumerate(images):
+        pixels = np.clip(255.0 * image.cpu().numpy(), 0, 255).astype(np.uint8)    # truncation, as ComfyUI
+        info = None
+        if texts is not None:
+            info = PngInfo()
+            for key, text in texts.items():
+                info.add_text(key, text)
+        name = f"{stem.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
+        Image.fromarray(pixels).save(folder / name, pnginfo=info, compress_level=compress_level)
+        results.append({"filename": name, "subfolder": subfolder, "type": kind})
+        counter += 1
+    return {"ui": {"images": results}}
+
+
+def save_image(ctx: NodeContext, images, filename_prefix: str = "ComfyUI", prompt=None, extra_pnginfo=None):
+    return save_images(ctx, images, filename_prefix, "output", 4, prompt, extra_pnginfo)
+
+
+def preview_image(ctx: NodeContext, images, prompt=None, extra_pnginfo=None):
+    suffix = ctx.state.setdefault("prefix_append", "_temp_" + "".join(random.choice(TEMP_LETTERS) for _ in range(5)))
+    return save_images(ctx, images, "ComfyUI" + suffix, "temp", 1, prompt, extra_pnginfo)
+
+
+def load_image(ctx: NodeContext, image: str):
+    img = Image.open(annotated_path(ctx.paths, image))
+    images, masks, size = [], [], None
+    for frame in ImageSequence.Iterator(img):
+        frame = ImageOps.exif_transpose(frame)
+        if frame.mode == "I":
+            frame = frame.point(lambda v: v * (1 / 255))
+        rgb = frame.convert("RGB")
+        size = size or rgb.size
+        if rgb.size != size:
+            continue
+        images.append(torch.from_numpy(np.array(rgb).astype(np.float32) / 255.0)[None])        # (1,H,W,3)
+        if "A" in frame.getbands() or (frame.mode == "P" and "transparency" in frame.info):
+            alpha = np.array(frame.convert("RGBA").getchannel("A")).astype(np.float32) / 255.0
+            masks.append((1.0 - torch.from_numpy(alpha))[None])
+        else:
+            masks.append(torch.zeros((1, 64, 64), dtype=torch.float32))
+        if img.format == "MPO":
+            break
+    return (torch.cat(images, 0), torch.cat(masks, 0))
+
+
+def load_image_changed(paths, image: str) -> str:
+    return file_sha256(annotated_path(paths, image))
+
+
+def load_image_valid(paths, image: str):
+    return True if annotated_path(paths, image).is_file() else f"Invalid image file: {image}"
+
+
+# -- latents -----------------------------------------------------------------------------------
+
+def save_latent(ctx: NodeContext, samples: dict, filename_prefix: str = "ComfyUI", prompt=None, extra_pnginfo=None):
+    from safetensors.torch import save_file
+
+    folder, stem, counter, subfolder = save_path(filename_prefix, type_dir(ctx.paths, "output"))
+    texts = metadata_texts(ctx, prompt, extra_pnginfo)
+    if texts is not None and "prompt" not in texts:
+        texts["prompt"] = ""
+    name = f"{stem}_{counter:05}_.latent"
+    tensors = {"latent_tensor": samples["samples"].contiguous(), "latent_format_version_0": torch.tensor([])}
+    save_file(tensors, str(folder / name), metadata=texts)
+    return {"ui": {"latents": [{"filename": name, "subfolder": subfolder, "type": "output"}]}}
+
+
+def load_latent(ctx: NodeContext, latent: str):
+    from safetensors.torch import load_file
+
+    data = load_file(str(annotated_path(ctx.paths, latent)), device="cpu")
+    # Files written before the format version key hold scaled latents.
+    multiplier = 1.0 if "latent_format_version_0" in data else 1.0 / 0.18215
+    return ({"samples": data["latent_tensor"].float() * multiplier},)
+
+
+def load_latent_changed(paths, latent: str) -> str:
+    return file_sha256(annotated_path(paths, latent))
+
+
+def load_latent_valid(paths, latent: str):
+    return True if annotated_path(paths, latent).is_file() else f"Invalid latent file: {latent}"
+
+
+SAVE_DESCRIPTION = "Saves the input images to your ComfyUI output directory."
+
+NODES = (
+    NodeDef(NodeSchema(
+        name="SaveImage", display_name="Save Image", category="image", description=SAVE_DESCRIPTION,
+        inputs=(inp("images", "IMAGE", tooltip="The images to save."),
+                inp("filename_prefix", "STRING", default="ComfyUI", tooltip=(
+                    "The prefix for the file to save. This may include formatting information such as "
+                    "%date:yyyy-MM-dd% or %Empty Latent Image.width% to include values from nodes."))),
+        hidden=SAVE_HIDDEN, output_node=True), save_image),
+    NodeDef(NodeSchema(
+        name="PreviewImage", display_name="Preview Image", category="image", description=SAVE_DESCRIPTION,
+        inputs=(inp("images", "IMAGE"),), hidden=SAVE_HIDDEN, output_node=True), preview_image),
+    NodeDef(NodeSchema(
+        name="LoadImage", display_name="Load Image", category="image",
+        inputs=(combo("image", lambda env: input_files(env, is_image_file), image_upload=True),),
+        outputs=out("IMAGE", "MASK")),
+        load_image, is_changed=load_image_changed, validate_inputs=load_image_valid),
+    NodeDef(NodeSchema(
+        name="SaveLatent", display_name="SaveLatent", category="_for_testing",
+        inputs=(inp("samples", "LATENT"), inp("filename_prefix", "STRING", default="latents/ComfyUI")),
+        hidden=SAVE_HIDDEN, output_node=True), save_latent),
+    NodeDef(NodeSchema(
+        name="LoadLatent", display_name="LoadLatent", category="_for_testing",
+        inputs=(combo("latent", lambda env: input_files(env, lambda n: n.endswith(".latent"))),),
+        outputs=out("LATENT")),
+        load_latent, is_changed=load_latent_changed, validate_inputs=load_latent_valid),
+)
