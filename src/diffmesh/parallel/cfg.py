@@ -11,6 +11,7 @@ the process-wide default group, so a worker can belong to several pairs and noth
 from __future__ import annotations
 
 import datetime
+import os
 import socket
 import threading
 from concurrent.futures import Future
@@ -113,7 +114,7 @@ class CfgGroups:
     def _open(self, key: tuple) -> CfgPair:
         cond, uncond = key[:2]
         self._count += 1
-        name = f"cfg-{cond}-{uncond}-{self._count}"
+        name = f"cfg-{cond}-{uncond}-{self._count}-{os.urandom(3).hex()}"
         init = f"tcp://{self._host}:{free_port(self._host)}"
         futures = [self._call(w, "init_process_group", rank, 2, init, name=name, timeout_s=self._timeout_s)
                    for rank, w in enumerate((cond, uncond))]

@@ -1,0 +1,44 @@
+"""Engine flags and the one function the composition root calls to build executor + engine.
+
+`add_engine_arguments(parser)` adds `--executor` and `--parallel`; `build_engine(ns, specs)`
+starts the executor (multiproc when there is more than one worker, unless `--executor` says
+otherwise) and returns `(executor, engine)`. Nothing starts before `build_engine` is called.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from diffmesh.engine.planner import MODES
+from diffmesh.executors import BACKENDS
+
+PARALLEL_HELP = ("how several devices share work: auto (planner decides per job and per queue), none (one device "
+                 "per job; placement only), batch (split batches), cfg (cond/uncond on two devices), queue "
+                 "(one prompt per device)")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("parallelism")
+    group.add_argument("--executor", choices=sorted(BACKENDS), default=None,
+                       help="worker backend (default: inproc for one worker, multiproc for several)")
+    group.add_argument("--parallel", choices=MODES, default="auto", help=PARALLEL_HELP)
+
+
+def executor_name(ns: argparse.Namespace, specs: list) -> str:
+    return getattr(ns, "executor", None) or ("multiproc" if len(specs) > 1 else "inproc")
+
+
+def build_engine(ns: argparse.Namespace, specs: list, **engine_options: Any):
+    """Start the executor for `specs` and wrap it in an `Engine`; returns (executor, engine)."""
+    from diffmesh.engine.engine import Engine
+    from diffmesh.executors import make_executor
+
+    backend = make_executor(executor_name(ns, specs), specs)
+    backend.start()
+    try:
+        engine = Engine(backend, parallel=getattr(ns, "parallel", None) or "auto", **engine_options)
+    except BaseException:
+        backend.shutdown()
+        raise
+    return backend, engine

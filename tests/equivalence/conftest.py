@@ -1,0 +1,64 @@
+"""Fixtures for strategy-equivalence tests: one in-process reference worker, two CPU worker
+processes (one thread each), tiny SD1 handles and fully specified sampling jobs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffmesh.engine.engine import Engine
+from diffmesh.executors.base import WorkerSpec
+from diffmesh.executors.inproc import InProcessExecutor
+from diffmesh.executors.multiproc import MultiProcessExecutor
+from diffmesh.models.handle import ModelHandle
+from diffmesh.sampling.job import SampleJob
+
+
+@pytest.fixture(scope="session")
+def reference_engine():
+    """One device, in this process: what every strategy must equal."""
+    executor = InProcessExecutor([WorkerSpec(worker_id=0, device="cpu", threads=1)])
+    executor.start()
+    yield Engine(executor, parallel="none")
+    executor.shutdown()
+
+
+@pytest.fixture(scope="session")
+def two_workers():
+    """Two CPU worker processes with one torch thread each (`--cpu --workers 2`)."""
+    executor = MultiProcessExecutor([WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(2)],
+                                    start_timeout=120)
+    executor.start()
+    yield executor
+    executor.shutdown(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def sd1(tiny_models) -> dict[str, ModelHandle]:
+    path = tiny_models["sd1"]
+    return {c: ModelHandle(path, c, "sd1") for c in ("unet", "clip", "vae")}
+
+
+@pytest.fixture(scope="session")
+def make_job(reference_engine, sd1):
+    """make_job(batch, cfg, sampler, seed, steps, size) -> SampleJob, built as the KSampler node builds it."""
+    from diffmesh.nodes.sampling import model_sampling_for
+    from diffmesh.sampling.noise import prepare_noise
+    from diffmesh.sampling.schedules import ksampler_sigmas
+
+    positive = reference_engine.encode_text(sd1["clip"], "a photo of a cat")
+    negative = reference_engine.encode_text(sd1["clip"], "blurry")
+
+    def make(batch: int = 1, cfg: float = 7.0, sampler: str = "euler", seed: int = 42, steps: int = 3,
+             size: int = 64) -> SampleJob:
+        latent = torch.zeros(batch, 4, size // 8, size // 8)
+        sigmas = ksampler_sigmas(model_sampling_for("sd1"), "normal", sampler, steps, 1.0)
+        return SampleJob(latent=latent, noise=prepare_noise(latent, seed, None), sigmas=sigmas,
+                         sampler_name=sampler, cfg=cfg, positive=positive, negative=negative, seed=seed)
+    return make
+
+
+def assert_same_latent(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Same numbers up to float reordering (a batch of 1 vs 2 in one conv call)."""
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
