@@ -57,8 +57,3 @@ def make_job(reference_engine, sd1):
                          sampler_name=sampler, cfg=cfg, positive=positive, negative=negative, seed=seed)
     return make
 
-
-def assert_same_latent(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Same numbers up to float reordering (a batch of 1 vs 2 in one conv call)."""
-    assert actual.shape == expected.shape
-    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
