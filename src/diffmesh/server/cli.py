@@ -1,0 +1,147 @@
+"""`diffmesh serve`: flags (`add_arguments`) and the server start (`run`).
+
+Start-up is fast on purpose: the API answers as soon as uvicorn listens, while the runtime
+(torch, node registry, engine, workers) is built on a background thread; routes that need it
+wait for it (`RuntimeRef`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import socket
+import sys
+
+from diffmesh.errors import ConfigError
+from diffmesh.server.config import PREVIEW_METHODS, ServerConfig
+
+log = logging.getLogger("diffmesh.server")
+
+
+def _add(group, *flags, **kwargs) -> None:
+    """Adds a flag unless the parser already has it (the main CLI may add shared flags)."""
+    try:
+        group.add_argument(*flags, **kwargs)
+    except argparse.ArgumentError:
+        pass
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    net = parser.add_argument_group("server")
+    _add(net, "--listen", default="127.0.0.1", nargs="?", const="0.0.0.0",
+         help="address(es) to bind, comma-separated (default 127.0.0.1; bare flag = 0.0.0.0). Any address "
+              "other than 127.0.0.1/::1/localhost requires an access token")
+    _add(net, "--port", type=int, default=8188, help="TCP port (default 8188; 0 = any free port)")
+    _add(net, "--auth-token", default=None,
+         help="access token for every route and the websocket (header 'Authorization: Bearer T' or ?token=T); "
+              "generated and printed when --listen is not local and none is given")
+    _add(net, "--max-upload-size", type=float, default=100, help="largest request body in MB (default 100)")
+    _add(net, "--enable-cors-header", nargs="?", const="*", default=None, metavar="ORIGIN",
+         help="send CORS headers allowing ORIGIN (default '*') instead of the loopback origin check")
+    _add(net, "--preview-method", default="none", choices=PREVIEW_METHODS,
+         help="latent previews while sampling when a prompt does not choose (default none)")
+    _add(net, "--preview-size", type=int, default=512, help="longest side of preview images (default 512)")
+    _add(net, "--disable-metadata", action="store_true", help="do not write prompt/workflow into saved PNGs")
+    _add(net, "--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    _add(net, "--runtime", default=None, help=argparse.SUPPRESS)  # module:function building a runtime (embedding)
+    folders = parser.add_argument_group("folders")
+    _add(folders, "--base-directory", default=None, help="ComfyUI-style base folder (models/, input/, output/, ...)")
+    _add(folders, "--output-directory", default=None)
+    _add(folders, "--input-directory", default=None)
+    _add(folders, "--temp-directory", default=None, help="parent of the temp folder (temp files go in DIR/temp)")
+    _add(folders, "--user-directory", default=None, help="settings, workflows and the queue database")
+    _add(folders, "--extra-model-paths-config", nargs="+", action="extend", default=None, metavar="PATH")
+    try:
+        from diffmesh.config.devices import add_device_arguments
+
+        add_device_arguments(parser)
+    except (ImportError, argparse.ArgumentError):
+        pass
+
+
+def build_paths(args: argparse.Namespace):
+    from diffmesh.config.paths import Paths
+
+    return Paths.build(getattr(args, "base_directory", None),
+                       input_directory=getattr(args, "input_directory", None),
+                       output_directory=getattr(args, "output_directory", None),
+                       temp_directory=getattr(args, "temp_directory", None),
+                       user_directory=getattr(args, "user_directory", None),
+                       extra_model_paths=getattr(args, "extra_model_paths_config", None))
+
+
+def runtime_builder(args: argparse.Namespace):
+    """A zero-argument function that builds the runtime (imported lazily: it pulls in torch)."""
+    spec = getattr(args, "runtime", None)
+
+    def build():
+        if spec:
+            module, _, name = spec.partition(":")
+            return getattr(importlib.import_module(module), name or "build")(args)
+        from diffmesh.runtime import Runtime
+
+        return Runtime.build(args)
+
+    return build
+
+
+def _sockets(config: ServerConfig) -> list[socket.socket]:
+    """One listening socket per --listen address, all on the same port (port 0 = one free port)."""
+    sockets, port = [], config.port
+    for host in config.bind_hosts:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}", where="--listen/--port",
+                              fix="choose a free port with --port, or stop the other server") from exc
+        port = sock.getsockname()[1]
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        sockets.append(sock)
+    config.port = port
+    return sockets
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from diffmesh.server.app import create_app
+    from diffmesh.server.runtime_ref import RuntimeRef
+
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    paths = build_paths(args)
+    config = ServerConfig.from_args(args, user_directory=paths.user_dir)
+    ref = RuntimeRef(runtime_builder(args))
+    app = create_app(ref, config, paths=paths)
+    sockets = _sockets(config)
+    host = config.bind_hosts[0]
+    url_host = f"[{host}]" if ":" in host else host
+    print(f"diffmesh: serving on http://{url_host}:{config.port}", flush=True)
+    if config.token_generated:
+        print(f"diffmesh: access token: {config.auth_token}  (send 'Authorization: Bearer <token>' "
+              f"or open http://{url_host}:{config.port}/?token=<token>)", flush=True)
+    uv = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on", timeout_graceful_shutdown=5,
+                        ws_max_size=16 * 1024 * 1024)
+    server = uvicorn.Server(uv)
+    server.run(sockets=sockets)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="diffmesh serve", description="Serve the diffmesh API and web UI")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ConfigError as exc:
+        print(f"diffmesh serve: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Helpers shared by the route modules: the server state, strict JSON bodies, query parsing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import HTTPException, Request
+
+
+def state(request: Request):
+    """The `ServerState` of the app serving this request."""
+    return request.app.state.diffmesh
+
+
+def fail(status: int, kind: str, message: str, details: str = "", **extra: Any) -> HTTPException:
+    return HTTPException(status_code=status,
+                         detail={"error": {"type": kind, "message": message, "details": details, "extra_info": extra}})
+
+
+async def read_json(request: Request, *, allow_empty: bool = False, default: Any = None) -> Any:
+    """The body as JSON, or a 400 that says what is wrong with it."""
+    raw = await request.body()
+    if not raw.strip():
+        if allow_empty:
+            return default
+        raise fail(400, "invalid_json", "request body is empty", f"{request.url.path} expects a JSON body")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise fail(400, "invalid_json", "request body is not valid JSON", f"{exc}") from exc
+
+
+def query_int(request: Request, name: str, default: int | None = None) -> int | None:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise fail(400, "bad_request", f"query parameter {name!r} must be an integer", f"got {value!r}") from None
+
+
+def query_bool(request: Request, name: str, default: bool = False) -> bool:
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    return value.lower() in ("true", "1", "yes")
