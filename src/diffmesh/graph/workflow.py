@@ -82,9 +82,21 @@ def widget_values(node: dict, schema, env) -> dict[str, Any]:
         if name is None:
             continue
         spec = schema.input(name)
-        value = values[index] if index < len(values) and values[index] is not None else spec.default(env)
+        if index < len(values) and values[index] is not None:
+            value = values[index]
+        elif spec.section == "optional":
+            continue            # e.g. diffmesh's `device` combo in a workflow saved by ComfyUI
+        else:
+            value = _default(spec, env)
         result[name] = {"__value__": value} if isinstance(value, list) else value
     return result
+
+
+def _default(spec: InputSpec, env) -> Any:
+    try:
+        return spec.default(env)
+    except (AttributeError, KeyError, OSError):
+        return None             # a folder-listed combo without folders: validation reports it
 
 
 # -- links ---------------------------------------------------------------------------------------
