@@ -29,7 +29,8 @@ class ModelHandle:
     component:   "unet" | "clip" | "vae"
     family:      model family id from `diffmesh.models.detect` ("sd1", "sd2", "sd2v", "sdxl")
     loras:       LoRA patches applied in order (UNet or text-encoder part, by component)
-    clip_skip:   CLIPSetLastLayer value (clip only; -1 = last layer)
+    clip_skip:   CLIPSetLastLayer value (clip only; -1 = last layer, None = the family's default:
+                 last for SD1, penultimate for SD2 and SDXL, as ComfyUI without CLIPSetLastLayer)
     embedding_dirs: folders searched for `embedding:name` (clip only)
     device:      placement request ("cpu", "cuda:1", "1"...), None = let the engine place it
     dtype:       weight dtype request ("fp32", "fp16", "bf16", "fp8_e4m3fn", ...), None = device default
@@ -39,7 +40,7 @@ class ModelHandle:
     component: str
     family: str
     loras: tuple[LoraPatch, ...] = ()
-    clip_skip: int = -1
+    clip_skip: int | None = None
     embedding_dirs: tuple[str, ...] = field(default=(), compare=True)
     device: str | None = None
     dtype: str | None = None

@@ -1,0 +1,207 @@
+"""Materialize a `ModelHandle` as a runnable component on a device.
+
+`WeightStore` keeps each file's CPU state dict (read once, safely) and the converted base weights
+of each component, so a new LoRA strength or CLIP skip rebuilds a component from memory without
+touching the file. `build_component` returns `torch.nn.Module`s with `.device` and `.dtype`, so the
+memory manager can move or stream them like any module.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from diffmesh.errors import ModelError
+from diffmesh.models import detect
+from diffmesh.models.families import family_spec
+from diffmesh.models.families import common
+from diffmesh.models.handle import ModelHandle
+from diffmesh.models import lora as lora_mod
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+class WeightStore:
+    """CPU state dicts per file, loaded once; derived data (converted weights, configs) per key.
+
+    `reads[path]` counts file reads, which tests use to prove a strength change does not re-read."""
+
+    def __init__(self):
+        self._files: dict[str, dict[str, torch.Tensor]] = {}
+        self._derived: dict[Any, Any] = {}
+        self._lock = threading.RLock()
+        self.reads: Counter = Counter()
+
+    def state_dict(self, path: str | Path) -> dict[str, torch.Tensor]:
+        key = str(Path(path).resolve())
+        with self._lock:
+            if key not in self._files:
+                self._files[key] = _read_file(key)
+                self.reads[key] += 1
+            return self._files[key]
+
+    def derived(self, key: Any, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key not in self._derived:
+                self._derived[key] = make()
+            return self._derived[key]
+
+    def drop(self, path: str | Path) -> None:
+        """Forget a file and everything derived from it (e.g. after it changed on disk)."""
+        key = str(Path(path).resolve())
+        with self._lock:
+            self._files.pop(key, None)
+            for k in [k for k in self._derived if isinstance(k, tuple) and k and k[0] == key]:
+                del self._derived[k]
+
+
+def _read_file(path: str) -> dict[str, torch.Tensor]:
+    if not Path(path).is_file():
+        raise ModelError("model file not found", where=path, fix="check the name and the models folders")
+    if path.lower().endswith((".safetensors", ".sft")):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except Exception as e:  # safetensors raises several error types for damaged files
+            raise ModelError(f"cannot read safetensors file: {e}", where=path, fix="download it again") from e
+    return {k: v for k, v in detect.load_torch_file(path).items() if isinstance(v, torch.Tensor)}
+
+
+def resolve_dtype(dtype: Any, device: torch.device, component: str) -> torch.dtype:
+    """fp32/fp16/bf16 strings or torch dtypes; None = fp32 on CPU, fp16 elsewhere (fp32 for the VAE)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "default":
+        if device.type == "cpu" or component == "vae":
+            return torch.float32
+        return torch.float16
+    if dtype not in DTYPES:
+        raise ModelError(f"unsupported weight dtype {dtype!r}", where=f"{component} dtype",
+                         fix=f"use one of {sorted(set(DTYPES))} (e.g. --fp16-unet, --bf16-vae)")
+    return DTYPES[dtype]
+
+
+def _materialize(cls_builder: Callable[[], torch.nn.Module], sd: dict[str, torch.Tensor], where: str,
+                 device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Build a module without random init (meta device), then assign the given weights."""
+    with torch.device("meta"):
+        module = cls_builder()
+    missing, unexpected = module.load_state_dict(sd, strict=False, assign=True)
+    if missing or unexpected:
+        raise ModelError(f"weights do not fit the model built from their shapes: missing {list(missing)[:4]}, "
+                         f"unexpected {list(unexpected)[:4]}", where=where, fix="unsupported checkpoint variant")
+    if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+        raise ModelError("some weights were not loaded", where=where)
+    # nn.Module.to directly: diffusers' override warns about keep-in-fp32 modules these models lack
+    module = torch.nn.Module.to(module, device=device, dtype=dtype)
+    module.eval().requires_grad_(False)
+    return module
+
+
+def _lora_patches(handle: ModelHandle, store: WeightStore) -> list[tuple[dict, float]]:
+    return [(store.derived((str(Path(p.path).resolve()), "lora-pairs"),
+                           lambda p=p: lora_mod.lora_pairs(store.state_dict(p.path))), p.strength)
+            for p in handle.loras]
+
+
+# ---------------------------------- components -------------------------------------------------
+
+def _unet_base(handle: ModelHandle, store: WeightStore, family: str) -> dict:
+    sd = store.state_dict(handle.path)
+    prefix = detect.unet_prefix(sd)
+    if prefix is None:
+        raise ModelError("no UNet in this file", where=handle.path, fix="load a checkpoint, not a VAE or LoRA")
+    ldm = common.strip_prefix(sd, prefix)
+    shapes = {k: tuple(v.shape) for k, v in ldm.items()}
+    config = common.unet_config_from_shapes(shapes, family_spec(family))
+    converted = common.convert_unet(ldm, config)
+    aliases = lora_mod.unet_aliases({k.rsplit(".", 1)[0] for k in converted}, common.unet_module_map(shapes, config))
+    return {"config": config, "sd": converted, "aliases": aliases}
+
+
+def build_unet(handle: ModelHandle, device: torch.device, dtype: torch.dtype, store: WeightStore):
+    from diffusers import UNet2DConditionModel
+
+    from diffmesh.models.unet import UNetModel
+    from diffmesh.sampling import latent_formats
+    from diffmesh.sampling.model_sampling import ModelSampling
+
+    family = handle.family or detect.detect_family(handle.path)
+    spec = family_spec(family)
+    key = str(Path(handle.path).resolve())
+    base = store.derived((key, "unet"), lambda: _unet_base(handle, store, family))
+    sd, _ = lora_mod.apply_loras(base["sd"], _lora_patches(handle, store), base["aliases"], "the UNet")
+    unet = _materialize(lambda: UNet2DConditionModel(**base["config"]), sd, handle.path, device, dtype)
+    return UNetModel(unet, spec, ModelSampling(prediction_type=spec.prediction_type),
+                     latent_formats.for_family(family))
+
+
+def _clip_base(handle: ModelHandle, store: WeightStore, index: int, te_spec: common.TextEncoderSpec) -> dict:
+    from diffmesh.models.clip import CLIPConfig
+
+    converted = common.text_encoder_state_dict(store.state_dict(handle.path), te_spec)
+    cfg = CLIPConfig.from_state_dict(converted, te_spec.activation)
+    aliases = lora_mod.text_aliases({k.rsplit(".", 1)[0] for k in converted}, te_spec.lora_names)
+    return {"config": cfg, "sd": converted, "aliases": aliases}
+
+
+def build_clip(handle: ModelHandle, device: torch.device, dtype: torch.dtype, store: WeightStore):
+    from diffmesh.models.clip import CLIPTextModel
+    from diffmesh.models.text_encoder import TextEncoder
+    from diffmesh.models.tokenizer import CLIPTokenizer
+
+    family = handle.family or detect.detect_family(handle.path)
+    spec = family_spec(family)
+    key = str(Path(handle.path).resolve())
+    patches = _lora_patches(handle, store)
+    models = []
+    for i, te in enumerate(spec.text_encoders):
+        base = store.derived((key, "clip", i), lambda i=i, te=te: _clip_base(handle, store, i, te))
+        sd, _ = lora_mod.apply_loras(base["sd"], patches, base["aliases"], f"text encoder {te.name}")
+        if "text_projection.weight" not in sd and base["config"].projection:
+            raise ModelError("text projection missing", where=handle.path)
+        models.append(_materialize(lambda cfg=base["config"]: CLIPTextModel(cfg), sd,
+                                   f"{handle.path} ({te.name})", device, dtype))
+    tokenizer = store.derived("clip-tokenizer", CLIPTokenizer)
+    return TextEncoder(spec, models, handle.clip_skip, handle.embedding_dirs, tokenizer).to(device)
+
+
+def _vae_base(handle: ModelHandle, store: WeightStore) -> dict:
+    sd = store.state_dict(handle.path)
+    prefix = "first_stage_model." if any(k.startswith("first_stage_model.") for k in sd) else ""
+    ldm = common.strip_prefix(sd, prefix) if prefix else {k: v for k, v in sd.items()
+                                                          if k.startswith(("encoder.", "decoder.", "quant_conv.",
+                                                                           "post_quant_conv."))}
+    if "decoder.conv_in.weight" not in ldm:
+        raise ModelError("no VAE in this file", where=handle.path,
+                         fix="use a checkpoint with a baked-in VAE or load a VAE file with VAELoader")
+    config = common.vae_config_from_shapes({k: tuple(v.shape) for k, v in ldm.items()})
+    return {"config": config, "sd": common.convert_vae(ldm, config)}
+
+
+def build_vae(handle: ModelHandle, device: torch.device, dtype: torch.dtype, store: WeightStore):
+    from diffusers import AutoencoderKL
+
+    from diffmesh.models.vae import VAE
+
+    base = store.derived((str(Path(handle.path).resolve()), "vae"), lambda: _vae_base(handle, store))
+    return VAE(_materialize(lambda: AutoencoderKL(**base["config"]), base["sd"], handle.path, device, dtype))
+
+
+BUILDERS = {"unet": build_unet, "clip": build_clip, "vae": build_vae}
+
+
+def build_component(handle: ModelHandle, device: Any = "cpu", dtype: Any = None, store: WeightStore | None = None):
+    """DiffusionModel ("unet") | TextEncoder ("clip") | VAE ("vae") for `handle` on `device`.
+
+    dtype: torch dtype, "fp32"/"fp16"/"bf16", or None (handle.dtype, else the device default)."""
+    device = torch.device(device)
+    store = store if store is not None else WeightStore()
+    torch_dtype = resolve_dtype(dtype if dtype is not None else handle.dtype, device, handle.component)
+    return BUILDERS[handle.component](handle, device, torch_dtype, store)

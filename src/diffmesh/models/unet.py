@@ -1,0 +1,70 @@
+"""The denoising network as sampling sees it (`protocols.DiffusionModel`).
+
+Wraps a diffusers `UNet2DConditionModel` built from an original-layout checkpoint and carries the
+facts sampling needs: the model sampling (prediction type, sigma table) and the latent format.
+Inputs and outputs are float32; casting to the weight dtype happens here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffmesh.models.families.common import FamilySpec
+
+
+class UNetModel(nn.Module):
+    def __init__(self, unet: nn.Module, family: FamilySpec, model_sampling: Any, latent_format: Any):
+        super().__init__()
+        self.unet = unet
+        self.family = family
+        self.model_sampling = model_sampling
+        self.latent_format = latent_format
+        cfg = unet.config
+        self.pooled_width = None
+        if family.sdxl_conditioning:
+            self.pooled_width = int(cfg.projection_class_embeddings_input_dim) - 6 * int(cfg.addition_time_embed_dim)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def extra_conds(self, options: dict[str, Any], x_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """SDXL: text_embeds (1, P) = pooled output, time_ids (1, 6) = size conditioning."""
+        if not self.family.sdxl_conditioning:
+            return {}
+        from diffmesh.models.families.sdxl import size_conditioning
+
+        pooled = options.get("pooled_output")
+        if pooled is None:
+            pooled = torch.zeros((1, self.pooled_width))  # ComfyUI also uses zeros when no pooled output
+        return {"text_embeds": pooled.float().reshape(-1, pooled.shape[-1])[:1].cpu(),
+                "time_ids": size_conditioning(options, x_shape)}
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                **extra: torch.Tensor) -> torch.Tensor:
+        """Raw eps/v prediction. x (B,C,H,W), timestep (B,), context (B,T,D); float32 in and out."""
+        dev, dt = self.device, self.dtype
+        added = None
+        if self.family.sdxl_conditioning:
+            b = x.shape[0]
+            text_embeds = extra.get("text_embeds")
+            time_ids = extra.get("time_ids")
+            if text_embeds is None:
+                text_embeds = torch.zeros((b, self.pooled_width))
+            if time_ids is None:
+                time_ids = torch.tensor([[768.0, 768.0, 0.0, 0.0, 768.0, 768.0]]).expand(b, 6)
+            added = {"text_embeds": text_embeds.to(dev, dt), "time_ids": time_ids.to(dev, dt)}
+        timestep = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1).to(dev)
+        if timestep.numel() == 1 and x.shape[0] > 1:
+            timestep = timestep.expand(x.shape[0])
+        out = self.unet(x.to(dev, dt), timestep, encoder_hidden_states=context.to(dev, dt),
+                        added_cond_kwargs=added, return_dict=False)[0]
+        return out.float()
