@@ -1,0 +1,1 @@
+"""`diffmesh bench`: multi-device scenarios with JSON output (figures, never pass/fail)."""
