@@ -45,8 +45,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workflow", metavar="WORKFLOW.json", help="workflow file, API or UI format")
     add_folder_arguments(parser)
     from diffmesh.config.devices import add_device_arguments
+    from diffmesh.engine.options import add_engine_arguments
 
     add_device_arguments(parser)
+    add_engine_arguments(parser)
 
 
 def build_parser(delegated_modules: dict[str, Any]) -> argparse.ArgumentParser:

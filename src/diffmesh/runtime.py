@@ -53,8 +53,7 @@ class Runtime:
     @classmethod
     def build(cls, args: Any = None, *, paths: Paths | None = None) -> "Runtime":
         from diffmesh.config.devices import DeviceConfig
-        from diffmesh.engine.engine import Engine
-        from diffmesh.executors import make_executor
+        from diffmesh.engine.options import build_engine
         from diffmesh.graph.executor import PromptExecutor
         from diffmesh.nodes.registry import build_registry
 
@@ -62,11 +61,9 @@ class Runtime:
         paths = paths or build_paths(ns)
         device_config = DeviceConfig.from_args(ns)
         specs = device_config.worker_specs()
-        backend = make_executor(getattr(ns, "executor", None) or "inproc", specs)
-        backend.start()
+        backend, engine = build_engine(ns, specs)
         try:
-            engine = Engine(backend)
-            device_names = list(dict.fromkeys(spec.device for spec in specs))
+            device_names = engine.device_names()
             registry = build_registry()
             registry.device_names = tuple(device_names)
             policy, size = cache_policy(ns)

@@ -96,12 +96,8 @@ class PromptExecutor:
 
     @staticmethod
     def _engine_devices(engine) -> list[str]:
-        specs = getattr(getattr(engine, "executor", None), "specs", None) or []
-        names: list[str] = []
-        for spec in specs:
-            if spec.device not in names:
-                names.append(spec.device)
-        return names
+        names = getattr(engine, "device_names", None)
+        return list(names()) if callable(names) else []
 
     @property
     def env(self) -> SchemaEnv:
