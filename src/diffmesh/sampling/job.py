@@ -37,8 +37,7 @@ class SampleJob:
     def sliced(self, start: int, stop: int) -> "SampleJob":
         total = self.latent.shape[0] if self.batch_slice is None else self.batch_slice[2]
         base = 0 if self.batch_slice is None else self.batch_slice[0]
-        mask = self.noise_mask
-        if mask is not None and mask.shape[0] == self.latent.shape[0]:
-            mask = mask[start:stop]
-        return replace(self, latent=self.latent[start:stop], noise=self.noise[start:stop], noise_mask=mask,
+        # noise_mask stays whole (it is small): the pipeline repeats it to the full batch, as ComfyUI
+        # does, and only then takes this slice's rows, so masks of any batch size split correctly.
+        return replace(self, latent=self.latent[start:stop], noise=self.noise[start:stop],
                        batch_slice=(base + start, base + stop, total))

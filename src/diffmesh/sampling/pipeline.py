@@ -67,7 +67,7 @@ def run_sample_job(model, job, on_step: Callable[[int, int, torch.Tensor], None]
     if job.noise_mask is not None:
         mask_rows = latent_image.shape if batch_slice is None else (batch_slice[2],) + tuple(latent_image.shape[1:])
         denoise_mask = prepare_mask(job.noise_mask, mask_rows, device)
-        if batch_slice is not None and denoise_mask.shape[0] != latent_image.shape[0]:
+        if batch_slice is not None:
             denoise_mask = denoise_mask[batch_slice[0]:batch_slice[1]]
         if spec.inpaint_random_noise:
             model_noise = inpaint_noise(latent_image.shape, job.seed, batch_slice).to(device)
