@@ -35,6 +35,14 @@ class LatentFormat:
     bias: tuple | None = None
     taesd_decoder_name: str | None = None
 
+    @property
+    def latent_rgb_factors_bias(self):          # ComfyUI's attribute name
+        return self.bias
+
+    @property
+    def latent_channels(self) -> int:           # ComfyUI's attribute name
+        return self.channels
+
     def process_in(self, latent: torch.Tensor) -> torch.Tensor:
         return latent * self.scale_factor
 
