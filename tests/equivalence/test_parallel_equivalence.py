@@ -12,9 +12,11 @@ from diffmesh.parallel.request import with_parallel_request
 
 
 def assert_same_latent(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Same numbers up to float reordering (a batch of 1 vs 2 in one conv call)."""
+    """Same numbers up to float reordering (a batch of 1 vs 2 in one conv call): relative L2
+    below 1e-5 (the reference README's faithful re-implementation bound is 1e-3)."""
     assert actual.shape == expected.shape
-    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+    relative = ((actual - expected).norm() / expected.norm()).item()
+    assert relative < 1e-5, f"relative L2 difference {relative:.2e}"
 
 
 @pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m_sde"])
