@@ -82,6 +82,7 @@ def create_app(runtime: Any, server_config: ServerConfig, paths: Any = None) -> 
         finally:
             await asyncio.to_thread(state.dispatcher.stop)
             store.close()
+            await asyncio.to_thread(_close_runtime, ref)
 
     app = FastAPI(title="diffmesh", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.diffmesh = state
@@ -104,6 +105,15 @@ def _install_routes(app: FastAPI) -> None:
     app.include_router(ws_router)
     app.include_router(ws_router, prefix="/api")
     frontend.mount(app)
+
+
+def _close_runtime(ref: RuntimeRef) -> None:
+    runtime = ref.peek()
+    if runtime is not None and hasattr(runtime, "close"):
+        try:
+            runtime.close()
+        except Exception:
+            log.exception("closing the runtime failed")
 
 
 def _prepare_folders(paths) -> None:

@@ -28,6 +28,12 @@ def _add(group, *flags, **kwargs) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from diffmesh.cli import add_folder_arguments
+
+        add_folder_arguments(parser)
+    except (ImportError, argparse.ArgumentError):
+        pass
     net = parser.add_argument_group("server")
     _add(net, "--listen", default="127.0.0.1", nargs="?", const="0.0.0.0",
          help="address(es) to bind, comma-separated (default 127.0.0.1; bare flag = 0.0.0.0). Any address "
@@ -45,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(net, "--disable-metadata", action="store_true", help="do not write prompt/workflow into saved PNGs")
     _add(net, "--log-level", default="info", choices=("debug", "info", "warning", "error"))
     _add(net, "--runtime", default=None, help=argparse.SUPPRESS)  # module:function building a runtime (embedding)
-    folders = parser.add_argument_group("folders")
+    folders = parser.add_argument_group("folders (server)")
     _add(folders, "--base-directory", default=None, help="ComfyUI-style base folder (models/, input/, output/, ...)")
     _add(folders, "--output-directory", default=None)
     _add(folders, "--input-directory", default=None)
@@ -58,12 +64,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_device_arguments(parser)
     except (ImportError, argparse.ArgumentError):
         pass
+    try:
+        from diffmesh.engine.options import add_engine_arguments
+
+        add_engine_arguments(parser)
+    except (ImportError, argparse.ArgumentError):
+        pass
 
 
 def build_paths(args: argparse.Namespace):
+    """The folder layout, built the same way the runtime builds it (cheap: no torch)."""
+    try:
+        from diffmesh.runtime import build_paths as runtime_paths
+    except ImportError:
+        runtime_paths = None
+    if runtime_paths is not None:
+        return runtime_paths(args)
     from diffmesh.config.paths import Paths
 
     return Paths.build(getattr(args, "base_directory", None),
+                       models_dir=getattr(args, "models_dir", None),
                        input_directory=getattr(args, "input_directory", None),
                        output_directory=getattr(args, "output_directory", None),
                        temp_directory=getattr(args, "temp_directory", None),
@@ -74,6 +94,7 @@ def build_paths(args: argparse.Namespace):
 def runtime_builder(args: argparse.Namespace):
     """A zero-argument function that builds the runtime (imported lazily: it pulls in torch)."""
     spec = getattr(args, "runtime", None)
+    paths = build_paths(args)
 
     def build():
         if spec:
@@ -81,7 +102,7 @@ def runtime_builder(args: argparse.Namespace):
             return getattr(importlib.import_module(module), name or "build")(args)
         from diffmesh.runtime import Runtime
 
-        return Runtime.build(args)
+        return Runtime.build(args, paths=paths)
 
     return build
 

@@ -9,8 +9,8 @@ running, executing_node).
 from __future__ import annotations
 
 import logging
+import inspect
 import threading
-import time
 import traceback
 from typing import Any
 
@@ -144,7 +144,8 @@ class Dispatcher:
             extra = dict(item.extra_data)
             extra.update(item.sensitive)
             extra["preview_method"] = run.preview_method
-            return runtime.executor.execute(item.prompt, item.prompt_id, extra, run.sink, flag)
+            kwargs = {"outputs_to_execute": item.outputs} if _accepts(runtime.executor.execute, "outputs_to_execute") else {}
+            return runtime.executor.execute(item.prompt, item.prompt_id, extra, run.sink, flag, **kwargs)
         except Exception as exc:
             log.exception("prompt %s raised outside any node", item.prompt_id)
             run.report_crash(exc, traceback.format_exception(exc))
@@ -170,5 +171,8 @@ class Dispatcher:
             log.exception("/free failed")
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+def _accepts(fn, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
