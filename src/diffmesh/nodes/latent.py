@@ -58,8 +58,8 @@ def vae_decode_tiled(ctx: NodeContext, samples: dict, vae, tile_size: int, overl
                      temporal_size: int = 64, temporal_overlap: int = 8):
     if tile_size < overlap * 4:
         overlap = tile_size // 4
-    # Tile sizes in latent pixels (the SD VAE compresses 8x).
-    tiling = {"tile_size": tile_size // 8, "overlap": overlap // 8}
+    # Tile size and overlap in image pixels (VAEModel.decode_tiled converts to latent pixels).
+    tiling = {"tile_size": tile_size, "overlap": overlap}
     return (ctx.engine.vae_decode(vae, samples["samples"], tiling),)
 
 
