@@ -73,14 +73,15 @@ class EngineScope:
         idle = [w for w in live if not ex.busy(w)]
         return (idle or live or [failed])[0]
 
-    def _call_once_retried(self, worker: int, method: str, *args: Any, on_event: Progress | None = None,
+    def _call_once_retried(self, worker: int, method: str, *args: Any, progress: Progress | None = None,
                            **kwargs: Any) -> Any:
+        call = self.root.executor.call
         try:
-            return self.root.executor.call(worker, method, *args, on_event=on_event, **kwargs).result()
+            return call(worker, method, *args, on_event=self._tagged(progress, worker, "single"), **kwargs).result()
         except WorkerDied as exc:
             retry = self._retry_worker(worker)
             log.warning("%s; retrying %s() once on worker %s", exc, method, retry)
-            return self.root.executor.call(retry, method, *args, on_event=on_event, **kwargs).result()
+            return call(retry, method, *args, on_event=self._tagged(progress, retry, "single"), **kwargs).result()
 
     def _tagged(self, progress: Progress | None, worker: int, strategy: str) -> Progress | None:
         if progress is None:
@@ -106,8 +107,7 @@ class EngineScope:
             return self._sample_batch(handle, job, plan, progress)
         if plan.strategy == "cfg":
             return self._sample_cfg(handle, job, plan, progress)
-        worker = plan.workers[0]
-        return self._call_once_retried(worker, "sample", handle, job, on_event=self._tagged(progress, worker, "single"))
+        return self._call_once_retried(plan.workers[0], "sample", handle, job, progress=progress)
 
     def _sample_batch(self, handle: ModelHandle, job, plan: SamplePlan, progress: Progress | None) -> torch.Tensor:
         parts = [(w, job.sliced(start, stop)) for w, (start, stop) in zip(plan.workers, plan.ranges)]
