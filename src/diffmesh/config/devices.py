@@ -71,7 +71,7 @@ class DeviceConfig:
         None discovers them (only when a GPU flag needs it)."""
         get = lambda name, default=None: getattr(ns, name, default)  # noqa: E731
         data: dict[str, Any] = {
-            "cpu": bool(get("cpu", False)), "workers": get("workers") or 1,
+            "cpu": bool(get("cpu", False)), "workers": 1 if get("workers") is None else get("workers"),
             "threads_per_worker": get("threads_per_worker"), "default_device": get("default_device"),
             "gpu_only": bool(get("gpu_only", False)), "cpu_vae": bool(get("cpu_vae", False)),
             "reserve_vram_gb": get("reserve_vram"), "vram_budget_gb": get("vram_budget"),
