@@ -130,3 +130,40 @@ def test_shutdown_is_bounded_even_when_a_worker_is_busy():
         future.result(timeout=1)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+PARENT_SCRIPT = """
+import sys, time
+from diffmesh.executors.base import WorkerSpec
+from diffmesh.executors.multiproc import MultiProcessExecutor
+if __name__ == "__main__":
+    ex = MultiProcessExecutor([WorkerSpec(worker_id=0, device="cpu", threads=1)])
+    ex.start()
+    print(ex.pid(0), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_worker_exits_when_its_parent_dies(tmp_path):
+    import subprocess
+    import sys
+
+    import psutil
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(child_pid, signal.SIGKILL)
+        pytest.fail("the worker outlived its parent by 15 s")
