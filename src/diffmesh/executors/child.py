@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import queue
+import sys
 import threading
 import time
 from typing import Any
@@ -109,3 +110,8 @@ def child_main(spec, conn, parent_pid: int, worker_class: str) -> None:
     calls: queue.Queue = queue.Queue()
     threading.Thread(target=_read_loop, args=(channel, calls, worker), daemon=True, name="reader").start()
     _serve(channel, calls, worker, label)
+    # Leave without running destructors: a gloo group or store torn down at interpreter exit can
+    # wait for a partner that is leaving too. Everything the worker holds dies with the process.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
