@@ -101,6 +101,7 @@ def _install_routes(app: FastAPI) -> None:
         app.include_router(router)
         app.include_router(router, prefix="/api")
     app.include_router(internal.router(), prefix="/internal")
+    app.include_router(system.templates_router())
     ws_router = websocket.router()
     app.include_router(ws_router)
     app.include_router(ws_router, prefix="/api")
@@ -119,6 +120,8 @@ def _close_runtime(ref: RuntimeRef) -> None:
 def _prepare_folders(paths) -> None:
     for folder in (paths.input_dir, paths.output_dir, paths.user_dir):
         Path(folder).mkdir(parents=True, exist_ok=True)
+    for sub in ("workflows", "subgraphs"):  # the frontend lists these at boot
+        (Path(paths.user_dir) / "default" / sub).mkdir(parents=True, exist_ok=True)
     temp = Path(paths.temp_dir)
     if temp.is_dir() and temp.name == "temp":  # spec §9.10: the temp folder is emptied at start
         shutil.rmtree(temp, ignore_errors=True)

@@ -29,6 +29,22 @@ def router() -> APIRouter:
     return r
 
 
+def templates_router() -> APIRouter:
+    """Bare `/templates/…` (no /api): the workflow-templates package is not shipped, so the
+    template index is empty rather than missing (the frontend logs an error for a 404)."""
+    r = APIRouter()
+    r.add_api_route("/templates/{name}", get_template_index, methods=["GET"])
+    return r
+
+
+async def get_template_index(name: str):
+    if name == "index.json" or (name.startswith("index.") and name.endswith(".json")):
+        return []
+    from diffmesh.server.routes.common import fail
+
+    raise fail(404, "not_found", f"no workflow template {name!r}", "templates are not installed")
+
+
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
