@@ -92,6 +92,21 @@ def test_worker_killed_during_cfg_parallel_still_completes_the_job_once(workers,
     assert engine.last_plan.strategy == "cfg" and _relative(again, reference) < 1e-5
 
 
+def test_worker_killed_during_batch_parallel_has_its_rows_redone_once(workers, unet, job_and_reference):
+    job, _ = job_and_reference
+    from dataclasses import replace
+
+    batch = replace(job, latent=job.latent.repeat(2, 1, 1, 1), noise=torch.cat([job.noise, -job.noise]))
+    reference = Engine(workers, parallel="none").sample(unet, batch)
+    engine = Engine(workers, parallel="batch")
+    workers.call(0, "ping").result(timeout=60)
+    old_pid, events = workers.pid(0), []
+    result = engine.sample(unet, batch, _kill_at_step(workers, 0, 3, events))
+    assert engine.last_plan.ranges == ((0, 1), (1, 2))
+    assert _relative(result, reference) < 1e-5
+    assert workers.call(0, "ping").result(timeout=60)["pid"] != old_pid
+
+
 def test_interrupt_stops_both_cfg_halves_and_the_pair_stays_usable(workers, unet, job_and_reference):
     job, reference = job_and_reference
     engine = Engine(workers, parallel="cfg")

@@ -6,6 +6,21 @@ a device.
 parallel) and returns a `Lease` whose `.engine` offers the same operations restricted to those
 workers. Every operation survives one worker death: a call that fails with `WorkerDied` is
 retried once on a live worker (the executor restarts the dead one meanwhile).
+
+How a server dispatcher runs several prompts at once (queue parallel):
+
+    slots = engine.slots()                          # prompts to run at once (1 unless auto/queue)
+    lease = engine.acquire(pending=len(queue), timeout=0)   # None: every worker is busy, wait
+    # in a thread per prompt:
+    try:
+        prompt_executor.execute(..., engine=lease.engine)   # nodes' ctx.engine = lease.engine
+    finally:
+        lease.release()
+    lease.engine.interrupt()                        # /interrupt for that prompt only
+
+With `pending > 1` a lease holds one worker; a lone prompt gets every free worker, so the
+planner can use batch or CFG parallel for it. `engine.describe()` reports workers, placement
+and the last plan (for /system_stats); progress events carry "worker", "device", "strategy".
 """
 
 from __future__ import annotations
