@@ -6,8 +6,8 @@
   weights while they are not on the device. A weight is either live on the device (accounted
   through `account(+bytes)`) or only in the store (its module slot then holds a placeholder with
   the weight's shape, dtype and device but one element of memory, so code that reads
-  `next(model.parameters()).device` or `.dtype` keeps working; the equivalence tests of every mode
-  against highvram catch a weight used outside its module's forward).
+  `next(model.parameters()).device` or `.dtype` keeps working; it is NaN, so a weight read outside
+  its module's forward poisons the output, and the equivalence tests against highvram catch it).
 - `load_all()` / `offload_all()` move the whole component (highvram, normalvram).
 - `place_partial(resident_bytes, limit, prefetch)` keeps a prefix of blocks resident and streams
   the rest (lowvram; novram is `resident_bytes=0`): each streamed block gets removable forward
@@ -15,8 +15,11 @@
   (learned from the order blocks actually ran in) is prefetched on a side stream.
 
 Blocks are found generically by size: descend the module tree from the root and stop at the first
-module whose weights fit `limit` (or that holds weights itself, or has no children); containers
-(`ModuleList`, `ModuleDict`) are never blocks because nothing calls them. Any module called
+module whose weights fit `limit` (or that holds weights itself, has no children or declares
+`_stream_whole`). Modules without a forward of their own (`ModuleList`, holders like CLIP's
+embeddings) are never blocks because nothing calls them; weights held directly by them, buffers
+and embedding tables (read by code outside their own forward, like CLIP's
+`position_embedding.weight[:n]`) stay resident in every mode. Any module called
 through `__call__` can carry hooks; weights are only needed while their module runs.
 """
 
@@ -65,12 +68,30 @@ class _Entry:
     slots: list[_Slot]
     nbytes: int
     placeholder: torch.Tensor
-    is_buffer: bool
+    pinned: bool                             # buffers and always-resident weights: never streamed
 
 
 def _placeholder(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A stand-in with `t`'s shape, dtype and the target device that holds one element of memory."""
-    return torch.zeros((), dtype=t.dtype, device=device).expand(t.shape)
+    """A stand-in with `t`'s shape, dtype and the target device that holds one element of memory:
+    NaN for floating weights, so a weight read outside its module's forward poisons the output."""
+    fill = float("nan") if t.dtype.is_floating_point else 0
+    return torch.full((), fill, dtype=t.dtype, device=device).expand(t.shape)
+
+
+def _keep_whole(module: nn.Module) -> bool:
+    """A module declaring `_stream_whole = True` is one block (its forward reads its children's weights)."""
+    return bool(getattr(module, "_stream_whole", False))
+
+
+def _never_called(module: nn.Module) -> bool:
+    """Containers and weight holders without a forward of their own (`ModuleList`, CLIP's embeddings)."""
+    return type(module).forward is nn.Module.forward
+
+
+def _always_resident(module: nn.Module) -> bool:
+    """Embedding tables are often read directly (`position_embedding.weight[:n]`) by code outside their
+    own forward, so their weights never stream; a module can also declare `_stream_resident = True`."""
+    return isinstance(module, nn.Embedding) or bool(getattr(module, "_stream_resident", False))
 
 
 def find_blocks(root: nn.Module, limit: int) -> list[tuple[str, nn.Module]]:
@@ -87,8 +108,11 @@ def find_blocks(root: nn.Module, limit: int) -> list[tuple[str, nn.Module]]:
             return
         own = any(p is not None for p in module._parameters.values())
         children = list(module.named_children())
-        container = isinstance(module, (nn.ModuleList, nn.ModuleDict))  # never called: hooks would not fire
-        if not container and (size <= limit or own or not children):
+        if _never_called(module):  # ModuleList, or a holder without forward: its hooks would never fire
+            for name, child in children:
+                visit(f"{prefix}.{name}" if prefix else name, child)
+            return
+        if own or not children or size <= limit or _keep_whole(module):
             out.append((prefix or "<root>", module))
             return
         for name, child in children:
@@ -130,7 +154,8 @@ class Placement:
                     if name is None:
                         name = f"{mod_name}.{attr}" if mod_name else attr
                         self._ids[id(t)] = name
-                        self.entries[name] = _Entry([], tensor_bytes(t), _placeholder(t, self.device), is_buffer)
+                        self.entries[name] = _Entry([], tensor_bytes(t), _placeholder(t, self.device),
+                                                    is_buffer or _always_resident(module))
                     slots = self.entries[name].slots
                     if not any(s.owner is module and s.attr == attr for s in slots):
                         slots.append(_Slot(module, attr, is_buffer))
@@ -212,8 +237,9 @@ class Placement:
     def place_partial(self, resident_bytes: int, limit: int, prefetch: bool) -> None:
         """Buffers and a prefix of blocks fitting `resident_bytes` stay; the other blocks stream."""
         self.offload_all()
-        buffers = [n for n, e in self.entries.items() if e.is_buffer]
         blocks = self._blocks(limit)
+        in_blocks = {n for b in blocks for n in b.names}
+        buffers = [n for n, e in self.entries.items() if e.pinned or n not in in_blocks]
         budget_left = resident_bytes - sum(self.entries[n].nbytes for n in buffers)
         resident: list[Block] = []
         streamed: list[Block] = []
@@ -241,7 +267,7 @@ class Placement:
             names = []
             for sub in module.modules():
                 for qualified in self._owned.get(id(sub), ()):
-                    if not self.entries[qualified].is_buffer and qualified not in taken:
+                    if not self.entries[qualified].pinned and qualified not in taken:
                         names.append(qualified)
                         taken.add(qualified)
             if names:

@@ -41,9 +41,10 @@ def test_every_vram_mode_gives_the_highvram_unet_output_exactly(unet, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_every_vram_mode_gives_the_highvram_vae_and_text_encoder_output_exactly(vae, mode):
     clip = clip_builder()
-    for builder, fn, component in ((vae, vae_call(), "vae"), (clip, clip_call(), "clip")):
+    # the text encoder's embedding tables always stay resident (about 40% of this tiny one)
+    for builder, fn, component, share in ((vae, vae_call(), "vae", 0.33), (clip, clip_call(), "clip", 0.6)):
         expected = _reference(builder, fn, component)
-        manager = MemoryManager("cpu", {"vram_mode": mode, "vram_budget": builder.nbytes // 3})
+        manager = MemoryManager("cpu", {"vram_mode": mode, "vram_budget": int(builder.nbytes * share)})
         assert torch.equal(manager.run(handle(component), builder, fn), expected)
 
 
