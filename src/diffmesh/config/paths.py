@@ -141,10 +141,10 @@ class Paths:
         """The file `name` of folder `key`; a clear error if it is missing or escapes its folder."""
         key = LEGACY_KEYS.get(key, key)
         for folder in self.models.get(key, []):
-            candidate = (folder / name).resolve()
-            try:
-                candidate.relative_to(folder.resolve())
-            except ValueError:
+            # Checked lexically, not after resolving links: users symlink model files into their
+            # folders, while a name with `..` or an absolute path must never leave the folder.
+            candidate = Path(os.path.normpath(folder / name))
+            if os.path.isabs(name) or not candidate.is_relative_to(Path(os.path.normpath(folder))):
                 continue
             if candidate.is_file():
                 return candidate
