@@ -99,3 +99,13 @@ def test_placement_runs_text_encoder_and_vae_on_the_second_worker(two_workers, r
     torch.testing.assert_close(image, _whole_prompt(reference_engine, sd1, make_job, 9), rtol=1e-4, atol=1e-4)
     vae_on_0 = sd1["vae"].with_options(device="cpu:0")
     assert engine.worker_for(vae_on_0) == 0
+
+
+def test_vae_batch_split_over_workers_matches_single_device(two_workers, reference_engine, sd1):
+    engine = Engine(two_workers, parallel="auto")
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * 3
+    assert engine._vae_parts(sd1["vae"], 3) == [(1, 0, 2), (0, 2, 3)]
+    images = engine.vae_decode(sd1["vae"], latents)
+    torch.testing.assert_close(images, reference_engine.vae_decode(sd1["vae"], latents), rtol=1e-4, atol=1e-5)
+    encoded = engine.vae_encode(sd1["vae"], images)
+    torch.testing.assert_close(encoded, reference_engine.vae_encode(sd1["vae"], images), rtol=1e-4, atol=1e-4)

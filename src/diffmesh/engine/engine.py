@@ -109,10 +109,11 @@ class EngineScope:
         return self._call_once_retried(self.worker_for(clip), "encode_text", plain_handle(clip), text)
 
     def vae_decode(self, vae: ModelHandle, samples: torch.Tensor, tiling: dict | None = None) -> torch.Tensor:
-        return self._call_once_retried(self.worker_for(vae), "vae_decode", plain_handle(vae), samples, tiling)
+        """Latents -> images; a batch is split over the scope's workers (each sample decodes alone)."""
+        return self._vae_call("vae_decode", vae, samples, tiling)
 
     def vae_encode(self, vae: ModelHandle, pixels: torch.Tensor) -> torch.Tensor:
-        return self._call_once_retried(self.worker_for(vae), "vae_encode", plain_handle(vae), pixels)
+        return self._vae_call("vae_encode", vae, pixels)
 
     def sample(self, model: ModelHandle, job, progress: Progress | None = None) -> torch.Tensor:
         plan = self.plan(model, job)
@@ -124,23 +125,48 @@ class EngineScope:
             return self._sample_cfg(handle, job, plan, progress)
         return self._call_once_retried(plan.workers[0], "sample", handle, job, progress=progress)
 
-    def _sample_batch(self, handle: ModelHandle, job, plan: SamplePlan, progress: Progress | None) -> torch.Tensor:
-        parts = [(w, job.sliced(start, stop)) for w, (start, stop) in zip(plan.workers, plan.ranges)]
-        futures = [self.root.executor.call(w, "sample", handle, part,
-                                           on_event=self._tagged(progress, w, "batch") if i == 0 else None)
-                   for i, (w, part) in enumerate(parts)]
+    def _run_parts(self, method: str, parts: list[tuple[int, tuple]], progress: Progress | None = None,
+                   **kwargs: Any) -> list:
+        """Run `method(*args)` for each (worker, args) at once; a part whose worker died runs once more
+        on a live worker. Progress comes from the first part only (the parts move in step)."""
+        call = self.root.executor.call
+        futures = [call(w, method, *args, on_event=self._tagged(progress, w, "batch") if i == 0 else None, **kwargs)
+                   for i, (w, args) in enumerate(parts)]
         outcomes = _wait_all(futures)
         errors = [e for _, e in outcomes if e is not None and not isinstance(e, WorkerDied)]
         if errors:
             raise errors[0]
         results = []
-        for (worker, part), (result, error) in zip(parts, outcomes):
-            if error is not None:       # WorkerDied: this slice once more, on a live worker
+        for (worker, args), (result, error) in zip(parts, outcomes):
+            if error is not None:
                 retry = self._retry_worker(worker)
                 log.warning("%s; retrying its batch rows on worker %s", error, retry)
-                result = self.root.executor.call(retry, "sample", handle, part).result()
+                result = call(retry, method, *args, **kwargs).result()
             results.append(result)
-        return batch_parallel.merge_batch(results)
+        return results
+
+    def _sample_batch(self, handle: ModelHandle, job, plan: SamplePlan, progress: Progress | None) -> torch.Tensor:
+        parts = [(w, (handle, job.sliced(start, stop))) for w, (start, stop) in zip(plan.workers, plan.ranges)]
+        return batch_parallel.merge_batch(self._run_parts("sample", parts, progress))
+
+    def _vae_parts(self, vae: ModelHandle, rows: int) -> list[tuple[int, int, int]]:
+        """(worker, start, stop) for a VAE call: split by batch when allowed, else one worker."""
+        main = self.worker_for(vae)
+        mode = self.root.parallel
+        if rows < 2 or len(self.worker_ids) < 2 or vae.device not in (None, "", "default") \
+                or mode not in ("auto", "batch"):
+            return [(main, 0, rows)]
+        workers = [main] + [w for w in self.worker_ids if w != main]
+        ranges = batch_parallel.split_batch(rows, [self.root.infos[w].speed for w in workers])
+        return [(w, a, b) for w, (a, b) in zip(workers, ranges) if b > a]
+
+    def _vae_call(self, method: str, vae: ModelHandle, tensor: torch.Tensor, *extra: Any) -> torch.Tensor:
+        parts = self._vae_parts(vae, int(tensor.shape[0]))
+        handle = plain_handle(vae)
+        if len(parts) == 1:
+            return self._call_once_retried(parts[0][0], method, handle, tensor, *extra)
+        results = self._run_parts(method, [(w, (handle, tensor[a:b], *extra)) for w, a, b in parts])
+        return torch.cat(results, dim=0)            # images (B,H,W,3) or latents (B,4,h,w)
 
     def _sample_cfg(self, handle: ModelHandle, job, plan: SamplePlan, progress: Progress | None) -> torch.Tensor:
         cond, uncond = plan.workers

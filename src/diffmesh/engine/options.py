@@ -38,7 +38,18 @@ def build_engine(ns: argparse.Namespace, specs: list, **engine_options: Any):
     backend.start()
     try:
         engine = Engine(backend, parallel=getattr(ns, "parallel", None) or "auto", **engine_options)
+        if needs_calibration(specs):
+            engine.calibrate()
     except BaseException:
         backend.shutdown()
         raise
     return backend, engine
+
+
+def needs_calibration(specs: list) -> bool:
+    """Measure relative speeds only when workers may differ: accelerators, or unequal CPU budgets.
+    Identical CPU workers stay at 1.0 each, so noise in a short measurement cannot skew splits."""
+    if len(specs) < 2:
+        return False
+    accelerators = any(not s.device.startswith("cpu") for s in specs)
+    return accelerators or len({(s.device, s.threads) for s in specs}) > 1
