@@ -94,18 +94,20 @@ def run(args: argparse.Namespace) -> dict:
     placement.adopt(on_device=True)
     total = placement.total_bytes
     limit = max(1, total // args.blocks)
-    blocks = placement._blocks(limit)
+    blocks = placement.blocks(limit)
     counts = sorted({round(i * len(blocks) / (args.points - 1)) for i in range(args.points)})
-    rows = []
-    for k in counts:
-        resident = sum(b.nbytes for b in blocks[: len(blocks) - k]) + sum(
-            e.nbytes for e in placement.entries.values() if e.pinned)
-        placement.place_partial(resident, limit, prefetch=True)
-        streamed = placement.streamed_bytes()
-        seconds = time_step(step, args.repeats, device)
-        rows.append({"streamed_blocks": len(placement.streamed), "streamed_gb": streamed / 1e9, "step_s": seconds})
-        print(f"  {len(placement.streamed):3d} blocks streamed  {streamed / 1e9:6.3f} GB  {seconds:7.3f} s/step",
-              file=sys.stderr)
+    pinned = sum(e.nbytes for e in placement.entries.values() if e.pinned)
+    samples: dict[int, list[float]] = {k: [] for k in counts}
+    streamed_bytes: dict[int, int] = {}
+    for round_index in range(args.rounds):   # round-robin: slow drifts of a shared machine hit every point
+        for k in counts:
+            placement.place_partial(sum(b.nbytes for b in blocks[: len(blocks) - k]) + pinned, limit, prefetch=True)
+            streamed_bytes[k] = placement.streamed_bytes()
+            samples[k].append(time_step(step, args.repeats, device))
+            print(f"  round {round_index}: {k:3d} blocks streamed  {streamed_bytes[k] / 1e9:6.3f} GB  "
+                  f"{samples[k][-1]:7.3f} s/step", file=sys.stderr)
+    rows = [{"streamed_blocks": k, "streamed_gb": streamed_bytes[k] / 1e9, "step_s": statistics.median(samples[k]),
+             "samples_s": samples[k]} for k in counts]
     placement.load_all()
     a, b, r2 = fit_line([r["streamed_gb"] for r in rows], [r["step_s"] for r in rows])
     link = measure_bandwidth("cpu", device, nbytes=256 * 1024 ** 2)
@@ -126,7 +128,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady figures on a shared CPU)")
     parser.add_argument("--points", type=int, default=5, help="how many streamed-block counts to measure")
     parser.add_argument("--blocks", type=int, default=32, help="split the model into blocks of about 1/N of it")
-    parser.add_argument("--repeats", type=int, default=2, help="timed steps per point (median)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed steps per point and round (median)")
+    parser.add_argument("--rounds", type=int, default=3, help="passes over all points (median over rounds)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -237,7 +237,7 @@ class Placement:
     def place_partial(self, resident_bytes: int, limit: int, prefetch: bool) -> None:
         """Buffers and a prefix of blocks fitting `resident_bytes` stay; the other blocks stream."""
         self.offload_all()
-        blocks = self._blocks(limit)
+        blocks = self.blocks(limit)
         in_blocks = {n for b in blocks for n in b.names}
         buffers = [n for n, e in self.entries.items() if e.pinned or n not in in_blocks]
         budget_left = resident_bytes - sum(self.entries[n].nbytes for n in buffers)
@@ -260,7 +260,7 @@ class Placement:
         for block in streamed:
             hooks.attach(block.module, STREAM_HOOK, self._pre_hook(block), self._post_hook(block), outer=True)
 
-    def _blocks(self, limit: int) -> list[Block]:
+    def blocks(self, limit: int) -> list[Block]:
         blocks: list[Block] = []
         taken: set[str] = set()
         for name, module in find_blocks(self.root, max(1, limit)):
@@ -275,7 +275,7 @@ class Placement:
         return blocks
 
     def max_block_bytes(self, limit: int) -> int:
-        return max((b.nbytes for b in self._blocks(limit)), default=0)
+        return max((b.nbytes for b in self.blocks(limit)), default=0)
 
     def _pre_hook(self, block: Block):
         def pre(module, args):
