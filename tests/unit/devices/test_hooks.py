@@ -76,3 +76,30 @@ def test_blocks_partition_every_parameter_and_skip_uncalled_containers():
     assert not any(isinstance(m, (nn.ModuleList, nn.ModuleDict)) for _, m in blocks)
     covered = {id(p) for _, m in blocks for p in m.parameters()}
     assert covered == {id(p) for p in unet.parameters()}
+
+
+def test_embedding_tables_and_weights_read_outside_a_forward_never_stream():
+    class Holder(nn.Module):          # no forward of its own: its owner reads the weights
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Embedding(10, 8)
+            self.scale = nn.Parameter(torch.ones(8))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.holder = Holder()
+            self.proj = nn.Linear(8, 8)
+
+        def forward(self, ids):
+            return self.proj(self.holder.table.weight[ids] * self.holder.scale)
+
+    torch.manual_seed(0)
+    model = Model()
+    ids = torch.tensor([1, 2, 3])
+    expected = model(ids)
+    placement = Placement(model, torch.device("cpu"), lambda n: None)
+    placement.adopt(on_device=True)
+    placement.place_partial(resident_bytes=0, limit=1, prefetch=False)      # novram
+    assert [b.name for b in placement.streamed] == ["proj"]
+    assert torch.equal(model(ids), expected)
