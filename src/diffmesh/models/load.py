@@ -204,4 +204,6 @@ def build_component(handle: ModelHandle, device: Any = "cpu", dtype: Any = None,
     device = torch.device(device)
     store = store if store is not None else WeightStore()
     torch_dtype = resolve_dtype(dtype if dtype is not None else handle.dtype, device, handle.component)
-    return BUILDERS[handle.component](handle, device, torch_dtype, store)
+    component = BUILDERS[handle.component](handle, device, torch_dtype, store)
+    component.compute_dtype = torch_dtype
+    return component

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from diffmesh.models.component import DeviceAndDtype
+
 from diffmesh.models import tokenizer as tk
 from diffmesh.models.clip import CLIPTextModel
 from diffmesh.models.families.common import FamilySpec, TextEncoderSpec
@@ -69,7 +71,7 @@ class EmbeddingFinder:
         return None
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(DeviceAndDtype, nn.Module):
     """One CLIP-family text encoder stack (1 encoder for SD1/SD2, 2 for SDXL)."""
 
     def __init__(self, family: FamilySpec, models: list[CLIPTextModel], clip_skip: int | None = None,
@@ -80,14 +82,6 @@ class TextEncoder(nn.Module):
         self.clip_skip = clip_skip
         self.embedding_dirs = tuple(embedding_dirs)
         self.tokenizer = tokenizer or tk.CLIPTokenizer()
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
 
     def tokenize(self, text: str, index: int = 0) -> list[list[tk.WeightedToken]]:
         spec = self.family.text_encoders[index]

@@ -12,10 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffmesh.models.component import DeviceAndDtype
+
 from diffmesh.models.families.common import FamilySpec
 
 
-class UNetModel(nn.Module):
+class UNetModel(DeviceAndDtype, nn.Module):
     def __init__(self, unet: nn.Module, family: FamilySpec, model_sampling: Any, latent_format: Any):
         super().__init__()
         self.unet = unet
@@ -26,14 +28,6 @@ class UNetModel(nn.Module):
         self.pooled_width = None
         if family.sdxl_conditioning:
             self.pooled_width = int(cfg.projection_class_embeddings_input_dim) - 6 * int(cfg.addition_time_embed_dim)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
 
     def extra_conds(self, options: dict[str, Any], x_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
         """SDXL: text_embeds (1, P) = pooled output, time_ids (1, 6) = size conditioning."""

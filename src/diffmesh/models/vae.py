@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from diffmesh.models.component import DeviceAndDtype
+
 
 def feathered_tiles(samples: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], tile: tuple[int, int],
                     overlap: int, scale: int, out_channels: int) -> torch.Tensor:
@@ -53,7 +55,7 @@ def feathered_tiles(samples: torch.Tensor, fn: Callable[[torch.Tensor], torch.Te
     return out
 
 
-class VAE(nn.Module):
+class VAE(DeviceAndDtype, nn.Module):
     """Wraps a diffusers AutoencoderKL built from an original-layout VAE."""
 
     def __init__(self, autoencoder: nn.Module):
@@ -62,14 +64,6 @@ class VAE(nn.Module):
         cfg = autoencoder.config
         self.latent_channels = int(cfg.latent_channels)
         self.downscale = 2 ** (len(cfg.block_out_channels) - 1)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
 
     def _decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """(B,4,h,w) unscaled -> decoder output in [-1, 1]-ish, float32 on CPU."""
