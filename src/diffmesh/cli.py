@@ -46,9 +46,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_folder_arguments(parser)
     from diffmesh.config.devices import add_device_arguments
     from diffmesh.engine.options import add_engine_arguments
+    from diffmesh.nodes.custom import add_arguments as add_custom_node_arguments
 
     add_device_arguments(parser)
     add_engine_arguments(parser)
+    add_custom_node_arguments(parser)
 
 
 def build_parser(delegated_modules: dict[str, Any]) -> argparse.ArgumentParser:

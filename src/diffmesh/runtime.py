@@ -55,6 +55,7 @@ class Runtime:
         from diffmesh.config.devices import DeviceConfig
         from diffmesh.engine.options import build_engine
         from diffmesh.graph.executor import PromptExecutor
+        from diffmesh.nodes.custom import load_into
         from diffmesh.nodes.registry import build_registry
 
         ns = _namespace(args)
@@ -65,6 +66,8 @@ class Runtime:
         try:
             device_names = engine.device_names()
             registry = build_registry()
+            load_into(registry, paths, getattr(ns, "custom_nodes_dir", None),
+                      bool(getattr(ns, "disable_all_custom_nodes", False)))
             registry.device_names = tuple(device_names)
             policy, size = cache_policy(ns)
             options = {"disable_metadata": bool(getattr(ns, "disable_metadata", False)),

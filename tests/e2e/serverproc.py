@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
 
 
 def serve_command() -> list[str]:
@@ -30,12 +29,11 @@ class ServerProcess:
     """One server subprocess. `url` is known once it printed its address."""
 
     def __init__(self, base: Path, *args: str, listen: str = "127.0.0.1", token: str | None = None,
-                 fake_runtime: bool = False, env: dict | None = None):
+                 env: dict | None = None):
         self.base = Path(base)
         self.args = list(args)
         self.listen = listen
         self.token = token
-        self.fake_runtime = fake_runtime
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.url: str | None = None
@@ -45,12 +43,8 @@ class ServerProcess:
 
     def start(self, timeout: float = 60.0) -> "ServerProcess":
         cmd = serve_command() + ["--listen", self.listen, "--port", "0", "--base-directory", str(self.base)]
-        if self.fake_runtime:
-            cmd += ["--runtime", "fake_runtime:build"]
         cmd += self.args
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **self.env}
-        if self.fake_runtime:
-            env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                      cwd=str(REPO))

@@ -1,5 +1,5 @@
-"""The HTTP and websocket protocol of `diffmesh serve`, against a real server process whose
-runtime runs tiny test nodes (`fake_runtime.py`), so these tests are about the server alone."""
+"""The HTTP and websocket protocol of `diffmesh serve`, against a real server process with the real
+runtime; prompts use the `Sleep`/`Fail` custom nodes (`testnodes.py`) so they need no models."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import struct
 import time
 
 import pytest
-from serverproc import ServerProcess, wait_for_history
+from serverproc import wait_for_history
 from websocket import create_connection
 
 BOOT_ROUTES = ["/users", "/settings", "/object_info", "/queue", "/history?max_items=64", "/extensions",
@@ -42,8 +42,8 @@ def _events_until_done(ws, prompt_id: str, timeout: float = 60.0) -> tuple[list[
     raise AssertionError(f"no end of prompt {prompt_id}: {events}")
 
 
-def test_frontend_boot_routes_answer_json_with_and_without_api_prefix(fake_server):
-    with fake_server.client() as http:
+def test_frontend_boot_routes_answer_json_with_and_without_api_prefix(node_server):
+    with node_server.client() as http:
         for route in BOOT_ROUTES:
             for prefix in ("", "/api"):
                 response = http.get(prefix + route)
@@ -58,16 +58,16 @@ def test_frontend_boot_routes_answer_json_with_and_without_api_prefix(fake_serve
         assert http.get("/internal/files/input").json() == []
 
 
-def test_system_stats_lists_devices_with_memory_and_what_runs_where(fake_server):
-    with fake_server.client() as http:
+def test_system_stats_lists_devices_with_memory_and_what_runs_where(node_server):
+    with node_server.client() as http:
         stats = http.get("/api/system_stats").json()
     assert stats["system"]["required_frontend_version"] == "1.35.9"
     assert stats["devices"] and all(d["vram_total"] > 0 and "vram_free" in d for d in stats["devices"])
     assert "diffmesh" in stats and "running_prompts" in stats["diffmesh"]
 
 
-def test_malformed_json_unknown_routes_and_bad_queries_are_4xx_never_500(fake_server):
-    with fake_server.client() as http:
+def test_malformed_json_unknown_routes_and_bad_queries_are_4xx_never_500(node_server):
+    with node_server.client() as http:
         bad = http.post("/api/prompt", content=b"{not json", headers={"Content-Type": "application/json"})
         assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_json"
         assert http.post("/api/prompt", content=b"[1, 2]").status_code == 400
@@ -81,8 +81,8 @@ def test_malformed_json_unknown_routes_and_bad_queries_are_4xx_never_500(fake_se
         assert http.get("/api/models/no_such_folder").status_code == 404
 
 
-def test_prompt_without_prompt_or_with_unknown_node_gets_comfyui_error_shape(fake_server):
-    with fake_server.client() as http:
+def test_prompt_without_prompt_or_with_unknown_node_gets_comfyui_error_shape(node_server):
+    with node_server.client() as http:
         missing = http.post("/api/prompt", json={"client_id": "x"})
         assert missing.status_code == 400
         assert missing.json()["error"]["type"] == "no_prompt"
@@ -94,8 +94,8 @@ def test_prompt_without_prompt_or_with_unknown_node_gets_comfyui_error_shape(fak
         assert body["error"]["type"] == "invalid_prompt" and "NoSuchNode" in body["error"]["message"]
 
 
-def test_websocket_sends_status_with_sid_and_answers_feature_flags(fake_server):
-    ws, hello = _ws(fake_server, "my-client", flags={"supports_preview_metadata": True})
+def test_websocket_sends_status_with_sid_and_answers_feature_flags(node_server):
+    ws, hello = _ws(node_server, "my-client", flags={"supports_preview_metadata": True})
     try:
         assert hello["type"] == "status" and hello["data"]["sid"] == "my-client"
         assert hello["data"]["status"]["exec_info"]["queue_remaining"] == 0
@@ -103,10 +103,10 @@ def test_websocket_sends_status_with_sid_and_answers_feature_flags(fake_server):
         ws.close()
 
 
-def test_prompt_events_arrive_in_order_and_history_has_comfyui_shape(fake_server):
-    ws, _ = _ws(fake_server, "c1", flags={"supports_preview_metadata": True})
+def test_prompt_events_arrive_in_order_and_history_has_comfyui_shape(node_server):
+    ws, _ = _ws(node_server, "c1", flags={"supports_preview_metadata": True})
     try:
-        with fake_server.client() as http:
+        with node_server.client() as http:
             answer = http.post("/api/prompt", json={"prompt": {"5": {"class_type": "Sleep", "inputs": {"seconds": 0.2}}},
                                                     "client_id": "c1", "extra_data": {"extra_pnginfo": {"a": 1}}})
             assert answer.status_code == 200, answer.text
@@ -116,7 +116,8 @@ def test_prompt_events_arrive_in_order_and_history_has_comfyui_shape(fake_server
             entry = wait_for_history(http, prompt_id)
     finally:
         ws.close()
-    kinds = [e["type"] for e in events if e["type"] != "status"]
+    assert "progress_state" in [e["type"] for e in events]
+    kinds = [e["type"] for e in events if e["type"] not in ("status", "progress_state")]
     assert kinds[:3] == ["execution_start", "execution_cached", "executing"]
     assert kinds.count("progress") == 4
     assert kinds[-3:] == ["executed", "execution_success", "executing"]
@@ -132,10 +133,10 @@ def test_prompt_events_arrive_in_order_and_history_has_comfyui_shape(fake_server
 
 
 @pytest.mark.parametrize("metadata", [True, False])
-def test_latent_previews_are_binary_frames_type_4_with_metadata_else_type_1(fake_server, metadata):
-    ws, _ = _ws(fake_server, "p1", flags={"supports_preview_metadata": metadata})
+def test_latent_previews_are_binary_frames_type_4_with_metadata_else_type_1(node_server, metadata):
+    ws, _ = _ws(node_server, "p1", flags={"supports_preview_metadata": metadata})
     try:
-        with fake_server.client() as http:
+        with node_server.client() as http:
             prompt_id = http.post("/api/prompt", json={
                 "prompt": {"7": {"class_type": "Sleep", "inputs": {"seconds": 0.1}}}, "client_id": "p1",
                 "extra_data": {"preview_method": "latent2rgb"}}).json()["prompt_id"]
@@ -154,10 +155,10 @@ def test_latent_previews_are_binary_frames_type_4_with_metadata_else_type_1(fake
         assert kind == 1 and struct.unpack(">I", frames[0][4:8])[0] == 1 and frames[0][8:10] == b"\xff\xd8"
 
 
-def test_node_error_becomes_execution_error_and_the_server_goes_on(fake_server):
-    ws, _ = _ws(fake_server, "e1")
+def test_node_error_becomes_execution_error_and_the_server_goes_on(node_server):
+    ws, _ = _ws(node_server, "e1")
     try:
-        with fake_server.client() as http:
+        with node_server.client() as http:
             prompt_id = http.post("/api/prompt", json={"prompt": {"3": {"class_type": "Fail", "inputs": {}}},
                                                        "client_id": "e1"}).json()["prompt_id"]
             events, _ = _events_until_done(ws, prompt_id)
@@ -172,8 +173,8 @@ def test_node_error_becomes_execution_error_and_the_server_goes_on(fake_server):
         ws.close()
 
 
-def test_queue_lists_pending_items_as_five_arrays_and_can_delete_and_interrupt(fake_server):
-    with fake_server.client() as http:
+def test_queue_lists_pending_items_as_five_arrays_and_can_delete_and_interrupt(node_server):
+    with node_server.client() as http:
         long = http.post("/api/prompt", json={"prompt": {"1": {"class_type": "Sleep", "inputs": {"seconds": 30}}}})
         ids = [http.post("/api/prompt", json={"prompt": {"1": {"class_type": "Sleep", "inputs": {}}}}).json()["prompt_id"]
                for _ in range(3)]
@@ -197,8 +198,8 @@ def test_queue_lists_pending_items_as_five_arrays_and_can_delete_and_interrupt(f
         assert http.get("/api/history").json() == {}
 
 
-def test_settings_and_userdata_round_trip(fake_server):
-    with fake_server.client() as http:
+def test_settings_and_userdata_round_trip(node_server):
+    with node_server.client() as http:
         assert http.post("/api/settings/Comfy.InstalledVersion", json="1.35.9").status_code == 200
         assert http.post("/api/settings", json={"a.b": [1, 2]}).status_code == 200
         assert http.get("/api/settings").json() == {"Comfy.InstalledVersion": "1.35.9", "a.b": [1, 2]}
@@ -219,12 +220,12 @@ TRAVERSALS = ["../secret.txt", "..%2Fsecret.txt", "%2E%2E%2Fsecret.txt", "/etc/p
               "a/../../secret.txt"]
 
 
-def test_file_routes_never_leave_their_folders(fake_server, tmp_path):
-    base = fake_server.base
+def test_file_routes_never_leave_their_folders(node_server, tmp_path):
+    base = node_server.base
     (base / "secret.txt").write_text("secret")
     (base / "input").mkdir(exist_ok=True)
     (base / "input" / "link.txt").symlink_to(base / "secret.txt")
-    with fake_server.client() as http:
+    with node_server.client() as http:
         for name in TRAVERSALS:
             for url in (f"/api/view?filename={name}&type=input", f"/api/view?filename=x.png&subfolder={name}",
                         f"/api/userdata/{name}", f"/api/userdata?dir={name}"):
@@ -245,8 +246,8 @@ def test_file_routes_never_leave_their_folders(fake_server, tmp_path):
     assert not (base / "user" / "evil.json").exists()
 
 
-def test_upload_then_view_returns_the_same_bytes_and_dedups_names(fake_server):
-    with fake_server.client() as http:
+def test_upload_then_view_returns_the_same_bytes_and_dedups_names(node_server):
+    with node_server.client() as http:
         first = http.post("/api/upload/image", files={"image": ("a.png", b"one", "image/png")}).json()
         again = http.post("/api/upload/image", files={"image": ("a.png", b"one", "image/png")}).json()
         other = http.post("/api/upload/image", files={"image": ("a.png", b"two", "image/png")},
@@ -259,8 +260,8 @@ def test_upload_then_view_returns_the_same_bytes_and_dedups_names(fake_server):
         assert http.get("/api/view?filename=a.png [input]").content == b"one"
 
 
-def test_oversized_upload_gets_413(tmp_path):
-    with ServerProcess(tmp_path / "base", "--max-upload-size", "1", fake_runtime=True) as server:
+def test_oversized_upload_gets_413(tmp_path, start_server):
+    with start_server(tmp_path / "base", "--max-upload-size", "1") as server:
         server.wait_ready()
         with server.client() as http:
             big = b"x" * (1024 * 1024 + 10)
@@ -278,8 +279,8 @@ def test_oversized_upload_gets_413(tmp_path):
         assert not (server.base / "input" / "big.png").exists()
 
 
-def test_non_local_listen_requires_the_printed_token_on_http_and_websocket(tmp_path):
-    with ServerProcess(tmp_path / "base", listen="127.0.0.2", fake_runtime=True) as server:
+def test_non_local_listen_requires_the_printed_token_on_http_and_websocket(tmp_path, start_server):
+    with start_server(tmp_path / "base", listen="127.0.0.2") as server:
         assert server.url.startswith("http://127.0.0.2:")
         deadline = time.monotonic() + 10
         while server.printed_token is None and time.monotonic() < deadline:
@@ -300,8 +301,8 @@ def test_non_local_listen_requires_the_printed_token_on_http_and_websocket(tmp_p
         ws.close()
 
 
-def test_auth_token_flag_protects_a_loopback_server_too(tmp_path):
-    with ServerProcess(tmp_path / "base", "--auth-token", "s3cret", token="s3cret", fake_runtime=True) as server:
+def test_auth_token_flag_protects_a_loopback_server_too(tmp_path, start_server):
+    with start_server(tmp_path / "base", "--auth-token", "s3cret", token="s3cret") as server:
         server.wait_ready()
         import httpx
 
@@ -309,11 +310,12 @@ def test_auth_token_flag_protects_a_loopback_server_too(tmp_path):
         assert httpx.get(server.url + "/api/settings", headers=server.headers).status_code == 200
 
 
-def test_cross_origin_requests_to_a_loopback_server_are_refused_unless_cors_is_enabled(fake_server, tmp_path):
-    with fake_server.client() as http:
+def test_cross_origin_requests_to_a_loopback_server_are_refused_unless_cors_is_enabled(node_server, tmp_path,
+                                                                                     start_server):
+    with node_server.client() as http:
         assert http.get("/api/queue", headers={"Origin": "http://evil.example"}).status_code == 403
-        assert http.get("/api/queue", headers={"Origin": fake_server.url}).status_code == 200
-    with ServerProcess(tmp_path / "cors", "--enable-cors-header", "http://ui.example", fake_runtime=True) as server:
+        assert http.get("/api/queue", headers={"Origin": node_server.url}).status_code == 200
+    with start_server(tmp_path / "cors", "--enable-cors-header", "http://ui.example") as server:
         server.wait_ready()
         with server.client() as http:
             response = http.get("/api/queue", headers={"Origin": "http://ui.example"})

@@ -8,7 +8,6 @@ wait for it (`RuntimeRef`).
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import socket
 import sys
@@ -50,7 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(net, "--preview-size", type=int, default=512, help="longest side of preview images (default 512)")
     _add(net, "--disable-metadata", action="store_true", help="do not write prompt/workflow into saved PNGs")
     _add(net, "--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    _add(net, "--runtime", default=None, help=argparse.SUPPRESS)  # module:function building a runtime (embedding)
     folders = parser.add_argument_group("folders (server)")
     _add(folders, "--base-directory", default=None, help="ComfyUI-style base folder (models/, input/, output/, ...)")
     _add(folders, "--output-directory", default=None)
@@ -69,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
         add_engine_arguments(parser)
     except (ImportError, argparse.ArgumentError):
+        pass
+    try:
+        from diffmesh.nodes.custom import add_arguments as add_custom_node_arguments
+
+        add_custom_node_arguments(parser)
+    except argparse.ArgumentError:
         pass
 
 
@@ -93,13 +97,9 @@ def build_paths(args: argparse.Namespace):
 
 def runtime_builder(args: argparse.Namespace):
     """A zero-argument function that builds the runtime (imported lazily: it pulls in torch)."""
-    spec = getattr(args, "runtime", None)
     paths = build_paths(args)
 
     def build():
-        if spec:
-            module, _, name = spec.partition(":")
-            return getattr(importlib.import_module(module), name or "build")(args)
         from diffmesh.runtime import Runtime
 
         return Runtime.build(args, paths=paths)

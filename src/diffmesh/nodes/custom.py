@@ -1,0 +1,318 @@
+"""Custom nodes: Python modules and packages loaded at start-up from `custom_nodes` folders.
+
+Folders: every folder of the `custom_nodes` key of `Paths` (`<base>/custom_nodes/`, plus any that
+`extra_model_paths.yaml` adds), then each `--custom-nodes-dir DIR`; `--disable-all-custom-nodes`
+loads none. In a folder, each `name.py` file and each `name/` package (with `__init__.py`) is one
+module; `__pycache__`, hidden names and names ending in `.disabled` are skipped. A module that fails
+to import is logged with its path and the error and skipped: start-up goes on.
+
+Modules follow ComfyUI's V1 convention: a module-level `NODE_CLASS_MAPPINGS` (class name -> class)
+and optional `NODE_DISPLAY_NAME_MAPPINGS`. Each class is adapted to a declarative `NodeDef`
+(`adapt_v1_class`), so validation, caching, execution and /object_info treat it like a core node;
+its `python_module` is `custom_nodes.<name>`. A class whose name is already registered is skipped
+with a warning (core nodes cannot be replaced, the first custom module to claim a name keeps it).
+
+V1 nodes do not get a `NodeContext` argument. While one runs, `ProgressBar` (the shape of
+`comfy.utils.ProgressBar`) and `check_interrupt()` reach the running node's context through a
+context variable that the adapter sets for the call only, so they need nothing from `comfy`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib.util
+import inspect
+import logging
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from diffmesh.nodes.base import InputSpec, NodeContext, NodeDef, NodeSchema, OutputSpec
+
+log = logging.getLogger("diffmesh.nodes.custom")
+
+MODULE_PREFIX = "custom_nodes"
+_RUNNING: contextvars.ContextVar[NodeContext | None] = contextvars.ContextVar("diffmesh_v1_node", default=None)
+
+
+# -- what a V1 node may call while it runs ----------------------------------------------------
+
+def current_context() -> NodeContext | None:
+    """The context of the V1 node running in this thread, or None outside a node."""
+    return _RUNNING.get()
+
+
+def check_interrupt() -> None:
+    """Raise `Interrupted` when the user asked to stop (ComfyUI's
+    `throw_exception_if_processing_interrupted`); nothing outside a node."""
+    ctx = _RUNNING.get()
+    if ctx is not None:
+        ctx.check_interrupt()
+
+
+def _preview_image(preview: Any) -> Any:
+    """A PIL image from what ComfyUI nodes pass as preview: ("JPEG", image, max_size) or an image."""
+    if isinstance(preview, (tuple, list)) and len(preview) >= 2:
+        preview = preview[1]
+    return preview if hasattr(preview, "convert") else None
+
+
+class ProgressBar:
+    """Progress of the running node, reported like a sampler step (`progress` events and, with an
+    image, a preview frame). Raises `Interrupted` from `update*` when the user asked to stop."""
+
+    def __init__(self, total: int, node_id: str | None = None):
+        self.total = int(total)
+        self.current = 0
+        self.node_id = node_id
+        self._ctx = _RUNNING.get()
+
+    def update_absolute(self, value: int, total: int | None = None, preview: Any = None) -> None:
+        if total is not None:
+            self.total = int(total)
+        self.current = min(int(value), self.total)
+        if self._ctx is not None:
+            self._ctx.progress(self.current, self.total, _preview_image(preview))
+
+    def update(self, value: int) -> None:
+        self.update_absolute(self.current + value)
+
+
+# -- V1 class -> NodeDef ----------------------------------------------------------------------
+
+def _input_spec(name: str, entry: Any, section: str, cls: type) -> InputSpec:
+    """One INPUT_TYPES entry: `(TYPE,)`, `(TYPE, {options})` or `([choices], {options})`."""
+    if isinstance(entry, str):
+        entry = (entry,)
+    if not isinstance(entry, (tuple, list)) or not entry:
+        raise TypeError(f"input {name!r} must be a tuple (TYPE, options), got {entry!r}")
+    head = entry[0]
+    options = dict(entry[1]) if len(entry) > 1 and isinstance(entry[1], dict) else {}
+    if isinstance(head, (list, tuple)):
+        initial = tuple(head)
+
+        def choices(env, cls=cls, section=section, name=name, initial=initial) -> list:
+            """ComfyUI asks INPUT_TYPES() on every /object_info: lists of files stay current."""
+            try:
+                fresh = cls.INPUT_TYPES().get(section, {}).get(name)
+                return list(fresh[0]) if fresh and isinstance(fresh[0], (list, tuple)) else list(initial)
+            except Exception:  # noqa: BLE001 - a node's own failure falls back to the list it gave at load
+                return list(initial)
+
+        return InputSpec(name=name, type="COMBO", options=options, choices=choices, section=section)
+    return InputSpec(name=name, type=str(head), options=options, section=section)
+
+
+def _schema(name: str, cls: type, display_name: str, module_name: str) -> NodeSchema:
+    declared = cls.INPUT_TYPES()
+    if not isinstance(declared, dict):
+        raise TypeError(f"INPUT_TYPES() returned {type(declared).__name__}, expected a dict")
+    inputs = tuple(_input_spec(k, v, section, cls) for section in ("required", "optional")
+                   for k, v in (declared.get(section) or {}).items())
+    hidden = tuple((k, str(v[0] if isinstance(v, (tuple, list)) else v))
+                   for k, v in (declared.get("hidden") or {}).items())
+    types = tuple(getattr(cls, "RETURN_TYPES", ()))
+    names = tuple(getattr(cls, "RETURN_NAMES", ()) or ())
+    is_list = tuple(getattr(cls, "OUTPUT_IS_LIST", ()) or ())
+    outputs = tuple(OutputSpec(list(t) if isinstance(t, (list, tuple)) else t,
+                               names[i] if i < len(names) else None,
+                               bool(is_list[i]) if i < len(is_list) else False) for i, t in enumerate(types))
+    tooltips = getattr(cls, "OUTPUT_TOOLTIPS", None)
+    return NodeSchema(name=name, display_name=display_name, category=str(getattr(cls, "CATEGORY", "sd")),
+                      inputs=inputs, outputs=outputs, hidden=hidden, description=str(getattr(cls, "DESCRIPTION", "")),
+                      output_node=bool(getattr(cls, "OUTPUT_NODE", False)),
+                      output_tooltips=tuple(tooltips) if tooltips is not None else None,
+                      python_module=module_name, input_is_list=bool(getattr(cls, "INPUT_IS_LIST", False)),
+                      deprecated=bool(getattr(cls, "DEPRECATED", False)),
+                      experimental=bool(getattr(cls, "EXPERIMENTAL", False)))
+
+
+def _class_hook(cls: type, attr: str):
+    """(call(**inputs), keyword parameter names, takes **kwargs) of a V1 hook such as IS_CHANGED.
+    Hooks are classmethods, sometimes plain functions written with a `s`/`cls` first parameter."""
+    raw = inspect.getattr_static(cls, attr)
+    if isinstance(raw, (classmethod, staticmethod)):
+        call = getattr(cls, attr)
+        params = list(inspect.signature(call).parameters.values())
+    else:
+        params = list(inspect.signature(raw).parameters.values())[1:]
+
+        def call(**kwargs):
+            return raw(cls, **kwargs)
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return call, names, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def _is_changed(cls: type):
+    hook, names, var_kw = _class_hook(cls, "IS_CHANGED")
+
+    def is_changed(paths, **inputs):
+        return hook(**(inputs if var_kw else {k: v for k, v in inputs.items() if k in names}))
+    return is_changed
+
+
+def _validate_inputs(cls: type, schema: NodeSchema):
+    """VALIDATE_INPUTS as `validate_inputs(paths, <its input names>)`: the inputs it names skip the
+    built-in checks (with **kwargs, every required widget input); `input_types` gets {} here."""
+    hook, names, var_kw = _class_hook(cls, "VALIDATE_INPUTS")
+    wants_types = "input_types" in names
+    if var_kw:
+        taken = [s.name for s in schema.section("required") if s.is_widget]
+    else:
+        taken = [n for n in names if schema.input(n) is not None]
+
+    def validate_inputs(paths, **inputs):
+        return hook(**inputs, **({"input_types": {}} if wants_types else {}))
+
+    param = inspect.Parameter
+    validate_inputs.__signature__ = inspect.Signature(
+        [param("paths", param.POSITIONAL_OR_KEYWORD)] + [param(n, param.KEYWORD_ONLY) for n in taken])
+    return validate_inputs
+
+
+def _execute(cls: type, function: str):
+    def execute(ctx: NodeContext, **inputs):
+        instance = ctx.state.get("v1_instance")
+        if instance is None:                       # one object per (node id, class), like ComfyUI
+            instance = ctx.state["v1_instance"] = cls()
+        token = _RUNNING.set(ctx)
+        try:
+            result = getattr(instance, function)(**inputs)
+        finally:
+            _RUNNING.reset(token)
+        if isinstance(result, dict) and "expand" in result:
+            raise NotImplementedError(f"{cls.__name__} returned a node expansion ('expand'), "
+                                      "which diffmesh does not run")
+        return result
+    return execute
+
+
+def adapt_v1_class(name: str, cls: type, display_name: str | None = None,
+                   module_name: str = MODULE_PREFIX) -> NodeDef:
+    """A `NodeDef` running a ComfyUI V1 node class (INPUT_TYPES, RETURN_TYPES, FUNCTION, ...)."""
+    for attr in ("INPUT_TYPES", "RETURN_TYPES", "FUNCTION"):
+        if not hasattr(cls, attr):
+            raise TypeError(f"{name}: a V1 node class needs {attr}")
+    function = str(cls.FUNCTION)
+    if not callable(getattr(cls, function, None)):
+        raise TypeError(f"{name}: FUNCTION names {function!r}, which the class does not define")
+    schema = _schema(name, cls, display_name or name, module_name)
+    return NodeDef(schema=schema, execute=_execute(cls, function),
+                   is_changed=_is_changed(cls) if hasattr(cls, "IS_CHANGED") else None,
+                   validate_inputs=_validate_inputs(cls, schema) if hasattr(cls, "VALIDATE_INPUTS") else None,
+                   not_idempotent=bool(getattr(cls, "NOT_IDEMPOTENT", False)))
+
+
+# -- finding and importing modules -------------------------------------------------------------
+
+@dataclass
+class LoadReport:
+    """What start-up loaded: module name -> node class names, and (path, error) of failures."""
+
+    loaded: dict[str, list[str]] = field(default_factory=dict)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def custom_node_dirs(paths: Any, extra_dirs: Iterable[str | Path] | None = None, disabled: bool = False) -> list[Path]:
+    """The folders to load from, in order, without repeats."""
+    if disabled:
+        return []
+    folders = list(paths.models.get("custom_nodes", [])) if paths is not None else []
+    folders += [Path(d).expanduser().resolve() for d in extra_dirs or ()]
+    seen: list[Path] = []
+    for folder in folders:
+        if folder not in seen:
+            seen.append(folder)
+    return seen
+
+
+def module_paths(folder: Path) -> list[Path]:
+    """Module files and package folders of one custom_nodes folder, sorted by name."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith((".", "__")) or entry.name.endswith(".disabled"):
+            continue
+        if entry.is_file() and entry.suffix == ".py":
+            found.append(entry)
+        elif entry.is_dir() and (entry / "__init__.py").is_file():
+            found.append(entry)
+    return found
+
+
+def _import(path: Path):
+    """Import one module file or package under a name unique to its path."""
+    key = MODULE_PREFIX + "_" + re.sub(r"\W", "_", str(path.resolve()))
+    if path.is_dir():
+        spec = importlib.util.spec_from_file_location(key, path / "__init__.py", submodule_search_locations=[str(path)])
+    else:
+        spec = importlib.util.spec_from_file_location(key, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(key, None)
+        raise
+    return module
+
+
+def _module_node_defs(module, module_name: str) -> list[NodeDef]:
+    mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+    if not isinstance(mappings, dict):
+        raise TypeError("the module has no NODE_CLASS_MAPPINGS dict")
+    display = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
+    nodes = []
+    for name, cls in mappings.items():
+        try:
+            nodes.append(adapt_v1_class(str(name), cls, display.get(name), module_name))
+        except Exception as exc:  # noqa: BLE001 - one bad class must not hide its module's others
+            log.error("custom node %s in %s skipped: %s", name, module_name, exc)
+    return nodes
+
+
+def load_into(registry, paths: Any, extra_dirs: Iterable[str | Path] | None = None,
+              disabled: bool = False) -> LoadReport:
+    """Import every custom node module and add its nodes to `registry`; failures are logged."""
+    report = LoadReport()
+    for folder in custom_node_dirs(paths, extra_dirs, disabled):
+        for path in module_paths(folder):
+            name = path.stem if path.is_file() else path.name
+            module_name = f"{MODULE_PREFIX}.{name}"
+            started = time.perf_counter()
+            try:
+                nodes = _module_node_defs(_import(path), module_name)
+            except Exception as exc:  # noqa: BLE001 - a broken module is skipped, start-up goes on
+                report.failed.append((path, f"{type(exc).__name__}: {exc}"))
+                log.error("cannot import custom nodes from %s: %s: %s\n%s", path, type(exc).__name__, exc,
+                          "".join(traceback.format_exception(exc)).rstrip())
+                continue
+            added = []
+            for node in nodes:
+                if node.name in registry:
+                    log.warning("custom node %s from %s skipped: a node of that name is already registered",
+                                node.name, path)
+                    continue
+                registry.add(node)
+                added.append(node.name)
+            report.loaded[module_name] = added
+            report.seconds[module_name] = time.perf_counter() - started
+            log.info("custom nodes from %s: %s", path, ", ".join(added) or "none")
+    return report
+
+
+def add_arguments(parser) -> None:
+    """`--custom-nodes-dir` (repeatable) and `--disable-all-custom-nodes`."""
+    group = parser.add_argument_group("custom nodes")
+    group.add_argument("--custom-nodes-dir", metavar="DIR", action="append", default=None,
+                       help="also load custom nodes from DIR (repeatable); BASE/custom_nodes is always searched")
+    group.add_argument("--disable-all-custom-nodes", action="store_true",
+                       help="load no custom nodes at all")
