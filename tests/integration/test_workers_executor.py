@@ -39,6 +39,9 @@ class ScriptedWorker(Worker):
     def exit_now(self, code: int) -> None:
         os._exit(code)
 
+    def freeze(self) -> None:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
 
 class BrokenWorker(Worker):
     def __init__(self, spec):
@@ -108,6 +111,20 @@ def test_worker_that_exits_by_itself_is_detected(executor):
     with pytest.raises(WorkerDied):
         executor.call(0, "exit_now", 3).result(timeout=30)
     assert executor.call(0, "ping").result(timeout=60)["worker_id"] == 0
+
+
+def test_a_stuck_worker_is_detected_by_heartbeat_killed_and_replaced():
+    ex = MultiProcessExecutor(specs(1), worker_class=WORKER_CLASS, heartbeat_s=0.2, hang_timeout_s=2.0)
+    ex.start()
+    try:
+        old_pid = ex.pid(0)
+        assert ex.call(0, "steps", 20, 0.2).result(timeout=30) == 20      # 4 s busy, heartbeats answered
+        assert ex.restarts[0] == 0
+        with pytest.raises(WorkerDied):
+            ex.call(0, "freeze").result(timeout=30)
+        assert ex.call(0, "ping").result(timeout=60)["pid"] != old_pid
+    finally:
+        ex.shutdown(timeout=5)
 
 
 def test_start_error_is_reported_with_the_worker_and_the_cause():

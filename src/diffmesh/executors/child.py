@@ -2,8 +2,9 @@
 
 Protocol over one duplex pipe, every message a pickled tuple:
   parent -> child: ("call", call_id, method, args, kwargs, wants_events) | ("interrupt",) | ("stop",)
+                   | ("heartbeat", t)
   child -> parent: ("ready", info) | ("start_error", error) | ("event", call_id, event)
-                   | ("result", call_id, value) | ("error", call_id, error)
+                   | ("result", call_id, value) | ("error", call_id, error) | ("alive", t)
 Calls run one at a time on the main thread; a reader thread takes messages meanwhile, so an
 interrupt reaches the running call. The child exits when the parent dies: the pipe reaches EOF,
 and a watchdog also compares the parent pid.
@@ -55,6 +56,8 @@ def _read_loop(channel: _Channel, calls: "queue.Queue[Any]", worker) -> None:
             calls.put(message)
         elif kind == "interrupt":
             worker.interrupt_flag.set()
+        elif kind == "heartbeat":          # answered here, so a long call does not look like a hang
+            channel.send(("alive", message[1]))
         elif kind == "stop":
             calls.put(None)
             return

@@ -4,8 +4,11 @@ Worker hygiene (after vLLM's multiprocess executor):
 - start handshake: a child answers "ready" with its pid, device and thread budget, or a start
   error as data; `start()` waits for every child (bounded by `start_timeout`).
 - liveness watch: a reader thread per child notices EOF on its pipe the moment the child exits;
-  the calls it held fail with `WorkerDied` and a replacement child is started. The child in turn
-  exits when the parent dies (pipe EOF, and a parent-pid watchdog).
+  the calls it held fail with `WorkerDied` and a replacement child is started. A heartbeat,
+  answered by the child's reader thread even during a long call, catches a child that is alive
+  but stuck (stopped, deadlocked outside Python): after `hang_timeout_s` without an answer it is
+  killed and treated as dead. The child in turn exits when the parent dies (pipe EOF, and a
+  parent-pid watchdog).
 - bounded shutdown: "stop" message, then terminate, then kill, each step bounded.
 - errors as data: a child reports the exception type, message and traceback; the parent raises
   a `DiffmeshError` subclass (`diffmesh.executors.remote`).
@@ -19,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
@@ -42,6 +46,7 @@ class _Child:
         self.ready = threading.Event()
         self.start_error: Exception | None = None
         self.dead = False
+        self.last_alive = time.monotonic()
         self.pending: dict[int, tuple[Future, EventCallback | None, str]] = {}
         self.lock = threading.Lock()
 
@@ -57,7 +62,8 @@ class _Child:
 
 class MultiProcessExecutor(Executor):
     def __init__(self, specs: list[WorkerSpec], *, start_timeout: float = 120.0, restart: bool = True,
-                 worker_class: str = DEFAULT_WORKER_CLASS, **options: Any):
+                 worker_class: str = DEFAULT_WORKER_CLASS, heartbeat_s: float = 5.0,
+                 hang_timeout_s: float = 300.0, **options: Any):
         self.specs = list(specs)
         self.start_timeout = start_timeout
         self.restart = restart
@@ -68,12 +74,33 @@ class MultiProcessExecutor(Executor):
         self._ids = itertools.count(1)
         self._closing = False
         self.restarts: dict[int, int] = {s.worker_id: 0 for s in self.specs}
+        self.heartbeat_s = heartbeat_s
+        self.hang_timeout_s = hang_timeout_s
+        self._stopped = threading.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         children = [self._spawn(spec) for spec in self.specs]
         for child in children:
             self._await_ready(child)
+        if self.heartbeat_s > 0:
+            threading.Thread(target=self._watch, daemon=True, name="diffmesh-liveness").start()
+
+    def _watch(self) -> None:
+        """Heartbeat every live child; kill one that stays silent for `hang_timeout_s`."""
+        while not self._stopped.wait(self.heartbeat_s):
+            for child in list(self._children.values()):
+                if child.dead or not child.ready.is_set():
+                    continue
+                silent = time.monotonic() - child.last_alive
+                if silent > self.hang_timeout_s:
+                    log.error("%s has not answered for %.0f s; killing it", child.label, silent)
+                    child.process.kill()         # the reader sees EOF: calls fail, a replacement starts
+                    continue
+                try:
+                    child.send(("heartbeat", time.monotonic()))
+                except OSError:
+                    pass
 
     def _spawn(self, spec: WorkerSpec) -> _Child:
         from diffmesh.executors.child import child_main
@@ -101,6 +128,7 @@ class MultiProcessExecutor(Executor):
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._closing = True
+        self._stopped.set()
         children = list(self._children.values())
         for child in children:
             try:
@@ -136,6 +164,7 @@ class MultiProcessExecutor(Executor):
 
     def _dispatch(self, child: _Child, message: tuple) -> None:
         kind = message[0]
+        child.last_alive = time.monotonic()
         if kind == "ready":
             child.info = message[1]
             child.ready.set()
