@@ -56,6 +56,16 @@ def image(runtime: Runtime, prompt: dict) -> torch.Tensor:
     return runtime.executor.cache.get("8").outputs[0][0]
 
 
+def test_cpu_workers_flag_starts_one_thread_worker_processes(two):
+    from diffmesh.executors.multiproc import MultiProcessExecutor
+
+    assert isinstance(two.backend, MultiProcessExecutor)
+    for worker in (0, 1):
+        info = two.backend.worker_info(worker)
+        assert info["threads"] == 1 and info["device"] == "cpu"
+    assert [w["alive"] for w in two.engine.describe()["workers"]] == [True, True]
+
+
 def test_two_workers_list_their_devices_for_the_device_combos(two):
     assert two.engine.device_names() == ["cpu:0", "cpu:1"]
     info = two.registry.object_info(two.paths, two.engine.device_names())
