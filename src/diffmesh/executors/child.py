@@ -12,9 +12,11 @@ and a watchdog also compares the parent pid.
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -97,6 +99,7 @@ def child_main(spec, conn, parent_pid: int, worker_class: str) -> None:
         os.environ["MKL_NUM_THREADS"] = str(spec.threads)
     channel = _Channel(conn)
     label = f"worker {spec.worker_id} ({spec.device})"
+    faulthandler.register(signal.SIGUSR1, all_threads=True)     # the parent asks for stacks before it kills
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="parent-watch").start()
     try:
         import torch

@@ -21,6 +21,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import Future
@@ -143,7 +144,13 @@ class MultiProcessExecutor(Executor):
         """Wait for the child to leave, then terminate, then kill: every step bounded."""
         child.process.join(timeout)
         if child.process.is_alive():
-            log.warning("%s did not stop within %.1f s; terminating", child.label, timeout)
+            log.warning("%s did not stop within %.1f s; its stacks follow on stderr; terminating",
+                        child.label, timeout)
+            try:
+                os.kill(child.process.pid, signal.SIGUSR1)
+                child.process.join(0.5)
+            except OSError:
+                pass
             child.process.terminate()
             child.process.join(2.0)
         if child.process.is_alive():
