@@ -22,6 +22,7 @@ mode, retry) and then raises `DeviceOutOfMemory` naming the device and the flag 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ import torch.nn as nn
 from diffmesh.devices.offload import Placement
 from diffmesh.devices.precision import DeviceFacts, Precision, attach_cast_hooks, resolve_precision, store_in
 from diffmesh.errors import ConfigError, DeviceOutOfMemory
+
+log = logging.getLogger(__name__)
 
 MODES = ("highvram", "normalvram", "lowvram", "novram")
 CUDA_DEFAULT_RESERVE = 512 * 1024 ** 2
@@ -242,7 +245,7 @@ class MemoryManager:
                 f"(budget {self._budget_text()}): {exc}", where=str(self.device), fix=self._advice(mode)) from exc
 
     def _budget_text(self) -> str:
-        return "none" if self.budget is None else f"{self.budget / MB:.0f} MB"
+        return "none" if self.budget is None else f"{self.budget / MB:.1f} MB"
 
     def _advice(self, mode: str) -> str:
         if mode != "novram":
@@ -263,6 +266,8 @@ class MemoryManager:
             if lower == "normalvram" and size is not None and self.budget is not None and size > self.budget:
                 lower = "lowvram"
             self._modes[handle] = lower
+            log.warning("%s: out of memory running %s in %s mode (budget %s); freed idle models, retrying in %s mode",
+                        self.device, _name(handle), mode, self._budget_text(), lower)
             if entry is not None:
                 entry.mode = lower
             if self.device.type == "cuda":
