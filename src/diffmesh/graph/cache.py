@@ -8,6 +8,7 @@ entries, "lru" keeps the last N outputs across prompts, "none" caches nothing.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -79,7 +80,9 @@ class CacheEntry:
 
 
 class ExecutionCache:
-    """Output entries by signature plus node instance state by (node id, class)."""
+    """Output entries by signature plus node instance state by (node id, class), shared by the
+    prompts that run at once. Each prompt works through its own `CacheSession`; one lock guards
+    the shared tables (entries are immutable once written)."""
 
     def __init__(self, policy: str = "classic", size: int | None = None):
         if policy not in POLICIES:
@@ -88,47 +91,114 @@ class ExecutionCache:
             raise ValueError("the lru cache policy needs a size (--cache-lru N with N > 0)")
         self.policy = policy
         self.size = size
+        self._lock = threading.RLock()
         self._outputs: OrderedDict[Any, CacheEntry] = OrderedDict()
         self._states: dict[tuple[str, str], dict] = {}
-        self._signatures: dict[str, Any] = {}
+        self._claims: dict[tuple[str, str], "CacheSession"] = {}     # states in use by a running prompt
+        self._active: set["CacheSession"] = set()
+        self._last: CacheSession | None = None
 
-    def begin_prompt(self, prompt: dict, signatures: dict[str, Any]) -> None:
-        self._signatures = signatures
-        if self.policy == "classic":
-            current = set(signatures.values())
-            for key in [k for k in self._outputs if k not in current]:
-                del self._outputs[key]
-        if self.policy != "lru":
-            keep = {(nid, node.get("class_type")) for nid, node in prompt.items()}
-            self._states = {k: v for k, v in self._states.items() if k in keep and self.policy != "none"}
+    def begin_prompt(self, prompt: dict, signatures: dict[str, Any]) -> "CacheSession":
+        """Start one prompt: drop what the policy no longer keeps (never what a running prompt
+        uses), and return the prompt's session with the entries it finds pinned."""
+        with self._lock:
+            active_sigs = set().union(*(set(s.signatures.values()) for s in self._active)) if self._active else set()
+            if self.policy == "classic":
+                current = set(signatures.values()) | active_sigs
+                for key in [k for k in self._outputs if k not in current]:
+                    del self._outputs[key]
+            if self.policy != "lru":
+                keep = {(nid, node.get("class_type")) for nid, node in prompt.items()} | set(self._claims)
+                self._states = {k: v for k, v in self._states.items() if k in keep and self.policy != "none"}
+            session = CacheSession(self, signatures)
+            self._active.add(session)
+            self._last = session
+            return session
 
-    def get(self, node_id: str) -> CacheEntry | None:
+    def _lookup(self, key: Any) -> CacheEntry | None:
         if self.policy == "none":
             return None
-        key = self._signatures.get(node_id)
-        entry = self._outputs.get(key)
-        if entry is not None and self.policy == "lru":
-            self._outputs.move_to_end(key)
-        return entry
+        with self._lock:
+            entry = self._outputs.get(key)
+            if entry is not None and self.policy == "lru":
+                self._outputs.move_to_end(key)
+            return entry
 
-    def set(self, node_id: str, entry: CacheEntry) -> None:
+    def _store(self, key: Any, entry: CacheEntry) -> None:
         if self.policy == "none":
             return
-        key = self._signatures[node_id]
-        self._outputs[key] = entry
-        self._outputs.move_to_end(key)
-        if self.policy == "lru":
-            while len(self._outputs) > self.size:
-                self._outputs.popitem(last=False)
+        with self._lock:
+            self._outputs[key] = entry
+            self._outputs.move_to_end(key)
+            if self.policy == "lru":
+                while len(self._outputs) > self.size:
+                    self._outputs.popitem(last=False)
 
-    def state(self, node_id: str, class_type: str) -> dict:
-        if self.policy == "none":
-            return {}
-        return self._states.setdefault((node_id, class_type), {})
+    def _state(self, session: "CacheSession", key: tuple[str, str]) -> dict | None:
+        """The shared state dict for `key`, claimed by `session`; None when another prompt holds it."""
+        with self._lock:
+            holder = self._claims.get(key)
+            if holder is not None and holder is not session:
+                return None
+            self._claims[key] = session
+            return self._states.setdefault(key, {})
+
+    def _end(self, session: "CacheSession") -> None:
+        with self._lock:
+            self._active.discard(session)
+            for key in [k for k, holder in self._claims.items() if holder is session]:
+                del self._claims[key]
+
+    def get(self, node_id: str) -> CacheEntry | None:
+        """The entry of `node_id` in the last prompt begun (for tests and tools)."""
+        return None if self._last is None else self._last.get(node_id)
 
     def clear(self) -> None:
-        self._outputs.clear()
-        self._states.clear()
+        with self._lock:
+            self._outputs.clear()
+            self._states.clear()
 
     def __len__(self) -> int:
         return len(self._outputs)
+
+
+class CacheSession:
+    """One prompt's view of the cache, fixed when it starts: the entries it found then (`find`) and
+    those it wrote itself, pinned so a prompt starting meanwhile cannot evict them under it; an
+    entry another prompt writes later is not picked up halfway (the node was not reported cached,
+    so it runs). Also the node states it holds."""
+
+    def __init__(self, cache: ExecutionCache, signatures: dict[str, Any]):
+        self.cache = cache
+        self.signatures = signatures
+        self._pinned: dict[str, CacheEntry] = {}
+        self._private: dict[tuple[str, str], dict] = {}
+
+    def find(self, node_ids) -> list[str]:
+        """The nodes served from the cache in this prompt (looked up once, at its start)."""
+        for node_id in node_ids:
+            entry = self.cache._lookup(self.signatures.get(node_id))
+            if entry is not None:
+                self._pinned[node_id] = entry
+        return [nid for nid in node_ids if nid in self._pinned]
+
+    def get(self, node_id: str) -> CacheEntry | None:
+        return self._pinned.get(node_id)
+
+    def set(self, node_id: str, entry: CacheEntry) -> None:
+        if self.cache.policy == "none":
+            return
+        self._pinned[node_id] = entry
+        self.cache._store(self.signatures[node_id], entry)
+
+    def state(self, node_id: str, class_type: str) -> dict:
+        """Per-instance state of a node; a fresh private one while another running prompt holds it."""
+        key = (node_id, class_type)
+        if self.cache.policy == "none":
+            return self._private.setdefault(key, {})
+        shared = self.cache._state(self, key)
+        return shared if shared is not None else self._private.setdefault(key, {})
+
+    def close(self) -> None:
+        """The prompt ended: its node states are free for the next prompt."""
+        self.cache._end(self)

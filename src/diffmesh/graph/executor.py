@@ -4,6 +4,12 @@
 node that raises becomes an `execution_error` event and an "error" result, and the executor stays
 usable (caches of nodes that finished stay valid). The graph layer never touches a device; nodes
 reach models through `engine`.
+
+Several `execute` calls may run at once (the server's queue parallel), each with its own engine
+(`execute(..., engine=lease.engine)`). Each prompt reads and writes the shared output cache through
+its own `CacheSession` (signatures, pinned entries; the shared tables are locked), and a node's
+per-instance state is held by one running prompt at a time: a second prompt with the same node
+id and class meanwhile gets a fresh private state (a new instance of a V1 custom node).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 
 from diffmesh.errors import InterruptedError_
 from diffmesh.graph import events as ev
-from diffmesh.graph.cache import CacheEntry, ExecutionCache, compute_signatures
+from diffmesh.graph.cache import CacheEntry, CacheSession, ExecutionCache, compute_signatures
 from diffmesh.graph.graph_utils import is_link, unwrap_constant
 from diffmesh.graph.schedule import DependencyCycleError, build_execution_list
 from diffmesh.graph.validate import exception_type_name, validate_prompt
@@ -65,8 +71,10 @@ class _Run:
     """State of one execute() call."""
 
     def __init__(self, prompt: dict, prompt_id: str, extra_data: dict, recorder: ev.EventRecorder,
-                 interrupt: threading.Event):
+                 interrupt: threading.Event, engine: Any):
         self.prompt = prompt
+        self.engine = engine
+        self.cache: CacheSession | None = None
         self.prompt_id = prompt_id
         self.extra_data = extra_data
         self.recorder = recorder
@@ -92,7 +100,6 @@ class PromptExecutor:
         self.options = dict(options or {})
         self.cache = ExecutionCache(cache_policy, cache_size)
         self.device_names = tuple(device_names if device_names is not None else self._engine_devices(engine))
-        self._lock = threading.Lock()
 
     @staticmethod
     def _engine_devices(engine) -> list[str]:
@@ -111,27 +118,33 @@ class PromptExecutor:
         return validate_prompt(prompt, self.registry, self.env, partial_execution_targets)
 
     def reset_cache(self) -> None:
-        with self._lock:
-            self.cache.clear()
+        self.cache.clear()
 
     # -- execution ----------------------------------------------------------------------------------
     def execute(self, prompt: dict, prompt_id: str, extra_data: dict | None = None, sink: ev.Sink | None = None,
-                interrupt: threading.Event | None = None, outputs_to_execute: list[str] | None = None
-                ) -> ExecutionResult:
+                interrupt: threading.Event | None = None, outputs_to_execute: list[str] | None = None,
+                engine: Any = None) -> ExecutionResult:
+        """Run `prompt` with `engine` (default: the one given at construction; a lease's engine when
+        the server runs several prompts at once). Safe to call from several threads."""
         extra_data = dict(extra_data or {})
         if outputs_to_execute is None:
             ok, error, outputs_to_execute, node_errors = self.validate(prompt, extra_data.get("partial_execution_targets"))
             if not ok:
                 return ExecutionResult("error", validation_error=error, node_errors=node_errors)
-        with self._lock:
-            run = _Run(prompt, prompt_id, extra_data, ev.EventRecorder(sink, prompt_id), interrupt or threading.Event())
+        run = _Run(prompt, prompt_id, extra_data, ev.EventRecorder(sink, prompt_id), interrupt or threading.Event(),
+                   engine if engine is not None else self.engine)
+        try:
             return self._execute(run, list(outputs_to_execute))
+        finally:
+            if run.cache is not None:
+                run.cache.close()
 
     def _execute(self, run: _Run, outputs: list[str]) -> ExecutionResult:
         prompt = run.prompt
         run.recorder.emit(ev.EXECUTION_START)
-        self.cache.begin_prompt(prompt, compute_signatures(prompt, self._is_changed(prompt), self._keyed_by_id(prompt)))
-        cached = [nid for nid in prompt if self.cache.get(nid) is not None]
+        signatures = compute_signatures(prompt, self._is_changed(prompt), self._keyed_by_id(prompt))
+        run.cache = self.cache.begin_prompt(prompt, signatures)
+        cached = run.cache.find(list(prompt))
         run.recorder.emit(ev.EXECUTION_CACHED, nodes=cached)
         cached_set = set(cached)
 
@@ -174,7 +187,7 @@ class PromptExecutor:
         node = run.prompt.get(node_id, {}) if node_id else {}
         for name, value in node.get("inputs", {}).items():
             if is_link(value):
-                slot = run.outputs.get(value[0]) or self._cached_outputs(value[0]) or []
+                slot = run.outputs.get(value[0]) or self._cached_outputs(run, value[0]) or []
                 values = slot[int(value[1])] if int(value[1]) < len(slot) else []
             else:
                 values = [unwrap_constant(value)]
@@ -209,12 +222,13 @@ class PromptExecutor:
         return keyed
 
     # -- one node -----------------------------------------------------------------------------------
-    def _cached_outputs(self, node_id: str) -> list[list[Any]] | None:
-        entry = self.cache.get(node_id)
+    @staticmethod
+    def _cached_outputs(run: _Run, node_id: str) -> list[list[Any]] | None:
+        entry = run.cache.get(node_id) if run.cache is not None else None
         return None if entry is None else entry.outputs
 
     def _run_node(self, run: _Run, node_id: str) -> None:
-        entry = self.cache.get(node_id)
+        entry = run.cache.get(node_id)
         if entry is not None:
             run.outputs[node_id] = entry.outputs
             if entry.ui is not None:
@@ -232,7 +246,7 @@ class PromptExecutor:
         outputs, ui = self._call(definition, ctx, args, node_id)
         run.outputs[node_id] = outputs
         run.executed.append(node_id)
-        self.cache.set(node_id, CacheEntry(outputs, ui))
+        run.cache.set(node_id, CacheEntry(outputs, ui))
         if ui is not None:
             run.ui[node_id] = ui
             run.recorder.emit(ev.EXECUTED, node=node_id, display_node=node_id, output=ui)
@@ -246,7 +260,7 @@ class PromptExecutor:
             if is_link(value):
                 source = run.outputs.get(value[0])
                 if source is None:
-                    source = self._cached_outputs(value[0])
+                    source = self._cached_outputs(run, value[0])
                 if source is None or int(value[1]) >= len(source):
                     raise RuntimeError(f"node {node_id} input '{name}': node {value[0]} has no output "
                                        f"{value[1]} (was it removed or muted?)")
@@ -268,15 +282,16 @@ class PromptExecutor:
 
         def on_progress(value: int, max_: int, image: Any) -> None:
             if run.interrupt.is_set():
-                self.engine.interrupt()
+                if run.engine is not None:
+                    run.engine.interrupt()
                 raise Interrupted("Processing interrupted")
             run.progress_state(node_id, value, max_, "running")
             if image is not None:
                 run.recorder.emit(ev.PREVIEW, node=node_id, display_node=node_id, image=image)
             run.recorder.emit(ev.PROGRESS, value=value, max=max_, node=node_id)
 
-        return NodeContext(engine=self.engine, paths=self.paths, node_id=node_id, prompt=run.prompt,
-                           extra_data=run.extra_data, state=self.cache.state(node_id, class_type), options=options,
+        return NodeContext(engine=run.engine, paths=self.paths, node_id=node_id, prompt=run.prompt,
+                           extra_data=run.extra_data, state=run.cache.state(node_id, class_type), options=options,
                            on_progress=on_progress, interrupt=run.interrupt)
 
     def _call(self, definition, ctx: NodeContext, args: dict[str, list], node_id: str):

@@ -162,3 +162,70 @@ def test_invalid_prompt_is_not_executed(executor):
     result = executor.execute({"1": {"class_type": "Show", "inputs": {}}}, "p", {}, Recorder())
     assert result.status == "error"
     assert result.validation_error["type"] == "prompt_outputs_failed_validation"
+
+
+def _gate_registry(barrier: threading.Barrier, seen: list):
+    """Toy nodes plus `Gate`, which waits until every concurrent prompt reached it."""
+    from diffmesh.nodes.base import NodeDef, NodeSchema, inp, out
+    from diffmesh.nodes.registry import NodeRegistry
+
+    from .toy_nodes import TOY_NODES
+
+    def gate(ctx, value):
+        ctx.state.setdefault("calls", []).append(value)
+        seen.append((ctx.engine, id(ctx.state), list(ctx.state["calls"])))
+        barrier.wait(timeout=10)
+        return (value,)
+
+    schema = NodeSchema("Gate", "Gate", "test", inputs=(inp("value", "INT", default=0),), outputs=out("INT"))
+    return NodeRegistry(TOY_NODES + (NodeDef(schema, gate),))
+
+
+def _gated(value):
+    return {"1": {"class_type": "Const", "inputs": {"value": value}},
+            "2": {"class_type": "Gate", "inputs": {"value": ["1", 0]}},
+            "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}
+
+
+def _run_at_once(executor, prompts: dict, engines: dict) -> dict:
+    results = {}
+
+    def one(pid):
+        results[pid] = executor.execute(prompts[pid], pid, {}, Recorder(), engine=engines[pid])
+
+    threads = [threading.Thread(target=one, args=(pid,)) for pid in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
+def test_concurrent_prompts_run_at_once_each_with_its_own_engine_and_node_state(tmp_path):
+    barrier, seen = threading.Barrier(2), []
+    executor = PromptExecutor(_gate_registry(barrier, seen), engine="default", paths=Paths.build(tmp_path))
+    results = _run_at_once(executor, {"a": _gated(1), "b": _gated(2)}, {"a": "lease-a", "b": "lease-b"})
+    assert not barrier.broken                                   # both prompts were inside Gate together
+    assert results["a"].outputs == {"3": {"values": ["v=1"]}} and results["b"].outputs == {"3": {"values": ["v=2"]}}
+    assert sorted(engine for engine, _, _ in seen) == ["lease-a", "lease-b"]
+    assert len({state for _, state, _ in seen}) == 2            # same node id and class, not the same instance state
+    assert sorted(calls for _, _, calls in seen) == [[1], [2]]
+
+
+def test_a_prompt_starting_meanwhile_does_not_evict_the_running_prompts_outputs(tmp_path):
+    barrier, seen = threading.Barrier(2), []
+    executor = PromptExecutor(_gate_registry(barrier, seen), engine=None, paths=Paths.build(tmp_path))
+    _run_at_once(executor, {"a": _gated(1), "b": _gated(2)}, {"a": None, "b": None})
+    assert len(executor.cache) == 6                             # classic policy: both prompts' outputs kept
+    sink = Recorder()
+    result = executor.execute(_gated(1), "again", {}, sink)
+    assert result.outputs == {"3": {"values": ["v=1"]}} and sink.executed_nodes() == []
+    assert len(executor.cache) == 3                             # sequential use: only the current prompt's
+
+
+def test_node_state_is_kept_for_the_next_prompt_once_the_holder_finished(tmp_path):
+    barrier, seen = threading.Barrier(1), []
+    executor = PromptExecutor(_gate_registry(barrier, seen), engine=None, paths=Paths.build(tmp_path))
+    executor.execute(_gated(1), "p1", {}, Recorder())
+    executor.execute(_gated(2), "p2", {}, Recorder())
+    assert seen[0][1] == seen[1][1] and seen[1][2] == [1, 2]
