@@ -47,6 +47,21 @@ def test_running_prompts_of_a_dead_server_run_again_and_numbers_keep_growing(tmp
     assert again.enqueue("d", {}, {}, []) == 3
 
 
+def test_several_running_prompts_of_a_dead_server_all_run_again_in_order_once(tmp_path):
+    path = tmp_path / "q.sqlite3"
+    store = QueueStore(path)
+    for pid in "abcd":
+        store.enqueue(pid, {}, {}, [])
+    running = [store.dequeue(), store.dequeue()]          # two workers ran "a" and "b" at once
+    assert [i.prompt_id for i in store.items("running")] == ["a", "b"] and store.pending_count() == 2
+    assert store.finish("b", _entry(running[1]))          # "b" finished; "a" was cut off by the crash
+    store.close()
+    again = QueueStore(path)
+    assert again.recover() == 1 and again.pending_count() == 3
+    assert [again.dequeue().prompt_id for _ in range(3)] == ["a", "c", "d"]
+    assert again.finish("b", _entry(running[1])) is False  # never twice
+
+
 def test_concurrent_workers_never_take_the_same_prompt(tmp_path):
     store = QueueStore(tmp_path / "q.sqlite3")
     for i in range(200):

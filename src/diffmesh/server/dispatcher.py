@@ -1,9 +1,13 @@
-"""Runs queued prompts: one worker thread takes the next prompt from the store, runs it through
-the runtime's PromptExecutor, stores its history entry and tells the clients (spec §5.1).
+"""Runs queued prompts (spec §5.1), several at once when the engine has several workers (queue
+parallel, DESIGN §4).
 
-The class is the one seam for concurrency: a pool that runs several prompts at once replaces
-`Dispatcher` with the same public methods (start, stop, wake, interrupt, request_free,
-running, executing_node).
+The loop thread starts a prompt whenever one is pending and `engine.acquire(pending=N,
+timeout=0)` lends workers: it marks the prompt running in the store (`dequeue`), runs it on a
+thread of its own through the runtime's PromptExecutor with `lease.engine` as the nodes' engine,
+stores its history entry (`finish`: once and only once), releases the lease and wakes the loop.
+A lone prompt gets every free worker (batch/CFG parallel may apply); with several pending, one
+worker each. With one worker, or an engine without leases, prompts run one at a time as before.
+`/interrupt` with a prompt id stops that prompt and its leased workers only.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import inspect
 import threading
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 from diffmesh.server.events import PromptRun
@@ -28,6 +33,15 @@ class InterruptFlag(threading.Event):
         return self.is_set()
 
 
+@dataclass
+class _Active:
+    """A running prompt: what the clients see, its interrupt flag and the workers it holds."""
+
+    run: PromptRun
+    flag: InterruptFlag
+    lease: Any = None                      # engine Lease, or None when the engine has no leases
+
+
 class Dispatcher:
     def __init__(self, store: QueueStore, runtime: RuntimeRef, hub, server_config):
         self.store = store
@@ -38,7 +52,8 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._running: dict[str, tuple[PromptRun, InterruptFlag]] = {}
+        self._running: dict[str, _Active] = {}
+        self._threads: dict[str, threading.Thread] = {}
         self._free = {"unload_models": False, "free_memory": False}
 
     # -- control (any thread) -----------------------------------------------------------------
@@ -57,28 +72,31 @@ class Dispatcher:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        with self._lock:
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(timeout)
 
     def wake(self) -> None:
         self._wake.set()
 
     def interrupt(self, prompt_id: str | None) -> bool:
-        """Interrupts `prompt_id` if it is running, or whatever runs when None (spec §1.2)."""
+        """Interrupts `prompt_id` if it is running, or every running prompt when None (spec §1.2)."""
         with self._lock:
-            runs = list(self._running.items())
-        hit = False
-        for pid, (_, flag) in runs:
-            if prompt_id is None or pid == prompt_id:
-                flag.set()
-                hit = True
-        if hit:
+            hits = [a for pid, a in self._running.items() if prompt_id is None or pid == prompt_id]
+        for active in hits:
+            active.flag.set()
+        engines = [a.lease.engine for a in hits if a.lease is not None]
+        if hits and len(engines) < len(hits):          # a prompt without a lease: stop every worker
             runtime = self.runtime.peek()
-            engine = getattr(runtime, "engine", None)
+            engines = [getattr(runtime, "engine", None)]
+        for engine in engines:
             if engine is not None and hasattr(engine, "interrupt"):
                 try:
                     engine.interrupt()
                 except Exception:
                     log.exception("engine.interrupt() failed")
-        return hit
+        return bool(hits)
 
     def request_free(self, unload_models: bool, free_memory: bool) -> None:
         with self._lock:
@@ -93,9 +111,9 @@ class Dispatcher:
     def executing_node(self, sid: str) -> str | None:
         """The node now executing for client `sid`, if one of its prompts is running."""
         with self._lock:
-            for run, _ in self._running.values():
-                if run.client_id == sid and run.current_node is not None:
-                    return run.current_node
+            for active in self._running.values():
+                if active.run.client_id == sid and active.run.current_node is not None:
+                    return active.run.current_node
         return None
 
     def queue_status(self) -> dict:
@@ -104,52 +122,102 @@ class Dispatcher:
     def broadcast_status(self) -> None:
         self.hub.broadcast("status", {"status": self.queue_status()})
 
-    # -- worker thread ------------------------------------------------------------------------
+    # -- the loop: start prompts while workers are free ----------------------------------------
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._apply_free()
-            item = self.store.dequeue()
-            if item is None:
-                self._wake.wait(1.0)
-                self._wake.clear()
+            if self._free_pending():
+                if not self.running():              # /free waits until no prompt runs
+                    self._apply_free()
+                    continue
+            elif self._start_next():
                 continue
-            try:
-                self._run(item)
-            except Exception:  # a bug in the server itself: the prompt is finished as an error
-                log.exception("prompt %s failed outside the executor", item.prompt_id)
-                self.store.finish(item.prompt_id, history_entry(item, "error", False, [], {}, {}))
-                self.broadcast_status()
+            self._wake.wait(1.0)
+            self._wake.clear()
 
-    def _run(self, item: QueueItem) -> None:
-        run = PromptRun(item, self.hub, self.config)
-        flag = InterruptFlag()
+    def _start_next(self) -> bool:
+        """Starts the next pending prompt if workers are free for it; False when it cannot."""
+        pending = self.store.pending_count()
+        if pending == 0:
+            return False
+        engine = self._engine()
         with self._lock:
-            self._running[item.prompt_id] = (run, flag)
-        self.broadcast_status()
+            busy = len(self._running)
+        if engine is None:
+            if busy:                                # no leases: one prompt at a time
+                return False
+            lease = None
+        else:
+            if busy >= engine.slots():
+                return False
+            lease = engine.acquire(pending=pending, timeout=0)
+            if lease is None:                       # every worker is busy: wait for a release
+                return False
+        item = self.store.dequeue()
+        if item is None:                            # deleted meanwhile
+            if lease is not None:
+                lease.release()
+            return False
+        active = _Active(PromptRun(item, self.hub, self.config), InterruptFlag(), lease)
+        thread = threading.Thread(target=self._run, args=(item, active), daemon=True,
+                                  name=f"diffmesh-prompt-{item.prompt_id[:8]}")
+        with self._lock:
+            self._running[item.prompt_id] = active
+            self._threads[item.prompt_id] = thread
+        thread.start()
+        return True
+
+    def _engine(self) -> Any:
+        """The engine when it can lend workers (`acquire`), else None. Waits for the runtime build;
+        a failed build gives None, and the prompt then fails with the build error as before."""
         try:
-            result = self._execute(run, item, flag)
+            engine = getattr(self.runtime.get(), "engine", None)
+        except Exception:
+            return None
+        return engine if hasattr(engine, "acquire") and hasattr(engine, "slots") else None
+
+    # -- one prompt (its own thread) ------------------------------------------------------------
+
+    def _run(self, item: QueueItem, active: _Active) -> None:
+        try:
+            self.broadcast_status()
+            result = self._execute(active, item)
+            entry = active.run.history_entry(result)
+        except Exception:  # a bug in the server itself: the prompt is finished as an error
+            log.exception("prompt %s failed outside the executor", item.prompt_id)
+            entry = history_entry(item, "error", False, [], {}, {})
         finally:
+            if active.lease is not None:
+                active.lease.release()
             with self._lock:
                 self._running.pop(item.prompt_id, None)
-        entry = run.history_entry(result)
+                self._threads.pop(item.prompt_id, None)
+            self.wake()
         if not self.store.finish(item.prompt_id, entry):
             log.warning("prompt %s was not running any more; its result is dropped", item.prompt_id)
         self.broadcast_status()
-        run.send("executing", {"node": None, "prompt_id": item.prompt_id})
+        active.run.send("executing", {"node": None, "prompt_id": item.prompt_id})
 
-    def _execute(self, run: PromptRun, item: QueueItem, flag: InterruptFlag) -> Any:
+    def _execute(self, active: _Active, item: QueueItem) -> Any:
+        run = active.run
         try:
             runtime = self.runtime.get()
             extra = dict(item.extra_data)
             extra.update(item.sensitive)
             extra["preview_method"] = run.preview_method
-            kwargs = {"outputs_to_execute": item.outputs} if _accepts(runtime.executor.execute, "outputs_to_execute") else {}
-            return runtime.executor.execute(item.prompt, item.prompt_id, extra, run.sink, flag, **kwargs)
+            execute = runtime.executor.execute
+            kwargs = {"outputs_to_execute": item.outputs} if _accepts(execute, "outputs_to_execute") else {}
+            if active.lease is not None and _accepts(execute, "engine"):
+                kwargs["engine"] = active.lease.engine
+            return execute(item.prompt, item.prompt_id, extra, run.sink, active.flag, **kwargs)
         except Exception as exc:
             log.exception("prompt %s raised outside any node", item.prompt_id)
             run.report_crash(exc, traceback.format_exception(exc))
             return None
+
+    def _free_pending(self) -> bool:
+        with self._lock:
+            return self._free["unload_models"] or self._free["free_memory"]
 
     def _apply_free(self) -> None:
         with self._lock:

@@ -3,7 +3,8 @@
 A prompt row moves pending → running → (deleted, history row written) in single
 transactions, so a prompt completes once and only once: `finish` writes history only if the
 row is still `running`, and `recover` turns rows left `running` by a dead server back into
-`pending` at start-up. Priority numbers come from a persisted counter, so they keep increasing
+`pending` at start-up. Several prompts may be `running` at once (one per leased worker); each
+moves on its own. Priority numbers come from a persisted counter, so they keep increasing
 across restarts (the frontend sorts and reconciles its queue by them, spec §9.4).
 """
 
@@ -160,6 +161,10 @@ class QueueStore:
                 "SELECT number, prompt_id, prompt, extra_data, outputs, sensitive FROM queue"
                 " WHERE state = ? ORDER BY number, prompt_id", (state,)).fetchall()
         return [_item(r) for r in rows]
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM queue WHERE state = 'pending'").fetchone()[0]
 
     def remaining(self) -> int:
         with self._lock:
