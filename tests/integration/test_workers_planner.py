@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from diffmesh.engine.placement import WorkerInfo, place, plan_placement, resolve_device, worker_labels
@@ -85,6 +87,8 @@ def test_parallel_request_rides_on_the_handle_but_never_reaches_workers():
     assert parallel_request(asked) == "cfg" and parallel_request(model) is None
     assert plain_handle(asked) == model.with_lora("/l.safetensors", 0.5)
     assert type(plain_handle(asked)) is ModelHandle
+    assert asked.parallel == "cfg" and asked != plain_handle(asked)      # a plain field: part of equality
+    assert pickle.loads(pickle.dumps(asked)) == asked and hash(asked) == hash(pickle.loads(pickle.dumps(asked)))
 
 
 def test_worker_pool_leases_are_exclusive_and_released():

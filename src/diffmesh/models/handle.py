@@ -34,6 +34,9 @@ class ModelHandle:
     embedding_dirs: folders searched for `embedding:name` (clip only)
     device:      placement request ("cpu", "cuda:1", "1"...), None = let the engine place it
     dtype:       weight dtype request ("fp32", "fp16", "bf16", "fp8_e4m3fn", ...), None = device default
+    parallel:    parallel-strategy request of a MODEL (`MultiGPU_WorkUnits`: "cfg", "batch", ...), None =
+                 follow `--parallel`; the engine strips it before a handle reaches a worker
+                 (`diffmesh.parallel.request.plain_handle`), so it never makes a second copy load
     """
 
     path: str
@@ -44,6 +47,7 @@ class ModelHandle:
     embedding_dirs: tuple[str, ...] = field(default=(), compare=True)
     device: str | None = None
     dtype: str | None = None
+    parallel: str | None = None
 
     def __post_init__(self) -> None:
         if self.component not in COMPONENTS:
