@@ -53,11 +53,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_custom_node_arguments(parser)
 
 
-def build_parser(delegated_modules: dict[str, Any]) -> argparse.ArgumentParser:
+def build_parser(delegated_modules: dict[str, Any], command: str | None = "run") -> argparse.ArgumentParser:
+    """The parser; only `command`'s subparser gets its flags (the others take any arguments), so
+    starting one command never imports another's option modules."""
     parser = argparse.ArgumentParser(prog="diffmesh", description="ComfyUI-compatible Stable Diffusion on every device")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    add_run_arguments(sub.add_parser("run", help="run a workflow and save its outputs"))
+    run = sub.add_parser("run", help="run a workflow and save its outputs", add_help=command == "run")
+    if command == "run":
+        add_run_arguments(run)
+    else:
+        run.add_argument("rest", nargs=argparse.REMAINDER)
     make = sub.add_parser("make-test-model", help="write a random-weight checkpoint for tests")
     make.add_argument("--family", required=True, choices=FAMILIES)
     make.add_argument("--size", default="tiny", choices=("tiny", "full"))
@@ -187,7 +193,7 @@ def _dispatch(args: argparse.Namespace, modules: dict[str, Any]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     modules = _load_delegated(argv)
-    parser = build_parser(modules)
+    parser = build_parser(modules, argv[0] if argv else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

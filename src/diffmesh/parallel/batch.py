@@ -8,9 +8,10 @@ Merge: concatenate along the batch dimension in range order.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def split_batch(total: int, speeds: list[float]) -> list[tuple[int, int]]:
@@ -42,4 +43,6 @@ def split_job(job, workers: list[int], speeds: list[float]) -> list[tuple[int, A
 
 
 def merge_batch(parts: list[torch.Tensor]) -> torch.Tensor:
+    import torch            # here, not at import: the planner (and so the CLI's flags) must not pull in torch
+
     return torch.cat(parts, dim=0)     # (B,C,H,W) from (b_i,C,H,W) in range order
