@@ -150,6 +150,7 @@ class MemoryManager:
 
     # -- loading -------------------------------------------------------------------------------------
     def _build(self, handle: Any, build: Callable[[torch.device, Any], Any]) -> _Loaded:
+        self._drop_idle_variants(handle)
         precision = resolve_precision(getattr(handle, "component", None), self.facts, self.settings,
                                       getattr(handle, "dtype", None))
         mode = self._modes.get(handle, self.default_mode)
@@ -175,6 +176,16 @@ class MemoryManager:
             with contextlib.suppress(AttributeError):
                 component.device = self.device  # protocol attribute: where the component computes
         return entry
+
+    def _drop_idle_variants(self, handle: Any) -> None:
+        """Forget idle builds of the same base weights (another LoRA strength, CLIP skip): a user
+        tuning a strength would otherwise pile up one full model copy in memory per value tried."""
+        weights = getattr(handle, "weights_key", None)
+        if weights is None:
+            return
+        for other, entry in list(self._entries.items()):
+            if other != handle and entry.in_use == 0 and getattr(other, "weights_key", None) == weights:
+                self.unload(other)
 
     def _place(self, entry: _Loaded) -> None:
         """Put an offloaded component back on the device according to its mode."""
