@@ -14,24 +14,16 @@ import psutil
 import pytest
 from PIL import Image
 from serverproc import wait_for_history
+from test_server_e2e import txt2img as server_e2e_txt2img
 from websocket import create_connection
 
 pytest.importorskip("diffmesh.executors.multiproc")
 
 
 def txt2img(seed: int, prefix: str, steps: int = 40) -> dict:
-    return {
-        "3": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
-                                                   "scheduler": "normal", "denoise": 1.0, "model": ["4", 0],
-                                                   "positive": ["6", 0], "negative": ["7", 0],
-                                                   "latent_image": ["5", 0]}},
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1.safetensors"}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red cube", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": prefix, "images": ["8", 0]}},
-    }
+    prompt = server_e2e_txt2img(seed=seed, steps=steps)
+    prompt["9"]["inputs"]["filename_prefix"] = prefix
+    return prompt
 
 
 def worker_processes(server_pid: int) -> list[psutil.Process]:
