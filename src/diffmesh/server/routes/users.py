@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import threading
+from types import MappingProxyType
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -17,6 +18,10 @@ from diffmesh.server.routes.common import fail, query_bool, read_json, state
 from diffmesh.server.security import safe_join
 
 SETTINGS_FILE = "comfy.settings.json"
+# What a user who never changed a setting gets. diffmesh ships no workflow templates, so the
+# frontend's first-run screen (a blank canvas under an empty template browser) would greet new
+# users with nothing; with the tutorial marked done it loads its default text-to-image workflow.
+DEFAULT_SETTINGS = MappingProxyType({"Comfy.TutorialCompleted": True})
 
 
 def router() -> APIRouter:
@@ -75,12 +80,16 @@ def _settings(request: Request) -> _SettingsFile:
     return _SettingsFile(s.user_root / SETTINGS_FILE, s.settings_lock)
 
 
+async def _effective_settings(request: Request) -> dict:
+    return {**DEFAULT_SETTINGS, **await asyncio.to_thread(_settings(request).read)}
+
+
 async def get_settings(request: Request):
-    return await asyncio.to_thread(_settings(request).read)
+    return await _effective_settings(request)
 
 
 async def get_setting(request: Request, setting_id: str):
-    return JSONResponse((await asyncio.to_thread(_settings(request).read)).get(setting_id))
+    return JSONResponse((await _effective_settings(request)).get(setting_id))
 
 
 async def post_settings(request: Request):
