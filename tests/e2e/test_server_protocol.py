@@ -202,8 +202,12 @@ def test_settings_and_userdata_round_trip(node_server):
     with node_server.client() as http:
         assert http.post("/api/settings/Comfy.InstalledVersion", json="1.35.9").status_code == 200
         assert http.post("/api/settings", json={"a.b": [1, 2]}).status_code == 200
-        assert http.get("/api/settings").json() == {"Comfy.InstalledVersion": "1.35.9", "a.b": [1, 2]}
+        # Saved values, over the server's defaults for a user who never changed them.
+        assert http.get("/api/settings").json() == {"Comfy.TutorialCompleted": True,
+                                                    "Comfy.InstalledVersion": "1.35.9", "a.b": [1, 2]}
         assert http.get("/api/settings/a.b").json() == [1, 2]
+        assert http.post("/api/settings/Comfy.TutorialCompleted", json=False).status_code == 200
+        assert http.get("/api/settings/Comfy.TutorialCompleted").json() is False
         saved = http.post("/api/userdata/workflows%2Fone.json", content=b'{"x": 1}')
         assert saved.status_code == 200 and saved.json() == "workflows/one.json"
         assert http.post("/api/userdata/workflows%2Fone.json?overwrite=false", content=b"{}").status_code == 409
