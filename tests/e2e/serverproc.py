@@ -4,6 +4,7 @@ load benchmark."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -123,3 +124,21 @@ def wait_for_history(http: httpx.Client, prompt_id: str, timeout: float = 120.0)
             return entry[prompt_id]
         time.sleep(0.1)
     raise AssertionError(f"prompt {prompt_id} did not finish within {timeout} s")
+
+
+def events_until_done(ws, prompt_id: str, timeout: float = 60.0) -> tuple[list[dict], list[bytes]]:
+    """JSON events and binary (preview) frames from `ws` up to the `executing` event with node None
+    that ends `prompt_id`. The deadline turns a lost end event into a failure instead of a hang."""
+    events, frames = [], []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = ws.recv()
+        if isinstance(message, bytes):
+            frames.append(message)
+            continue
+        event = json.loads(message)
+        events.append(event)
+        data = event["data"]
+        if event["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+            return events, frames
+    raise AssertionError(f"no end of prompt {prompt_id}: {events}")

@@ -9,7 +9,7 @@ import struct
 import time
 
 import pytest
-from serverproc import ServerProcess, wait_for_history
+from serverproc import ServerProcess, events_until_done, wait_for_history
 from websocket import create_connection
 
 pytest.importorskip("diffmesh.runtime")
@@ -53,20 +53,6 @@ def _connect(server, sid: str, metadata: bool = True):
     return ws
 
 
-def _until_end(ws, prompt_id: str) -> tuple[list[dict], list[bytes]]:
-    events, frames = [], []
-    while True:
-        message = ws.recv()
-        if isinstance(message, bytes):
-            frames.append(message)
-            continue
-        event = json.loads(message)
-        events.append(event)
-        if event["type"] == "executing" and event["data"].get("node") is None \
-                and event["data"].get("prompt_id") == prompt_id:
-            return events, frames
-
-
 def test_tiny_txt2img_runs_with_events_in_order_previews_and_image_via_view(model_server):
     ws = _connect(model_server, "e2e-client")
     try:
@@ -76,7 +62,7 @@ def test_tiny_txt2img_runs_with_events_in_order_previews_and_image_via_view(mode
                                                                    "extra_pnginfo": {"workflow": {"id": "w1"}}}})
             assert answer.status_code == 200, answer.text
             prompt_id = answer.json()["prompt_id"]
-            events, frames = _until_end(ws, prompt_id)
+            events, frames = events_until_done(ws, prompt_id, timeout=120.0)
             entry = wait_for_history(http, prompt_id)
             kinds = [e["type"] for e in events]
             assert kinds.index("execution_start") < kinds.index("execution_cached") < kinds.index("executing")
@@ -135,7 +121,7 @@ def test_node_that_raises_gives_execution_error_and_the_server_keeps_serving(mod
             answer = http.post("/api/prompt", json={"prompt": txt2img(ckpt="broken.safetensors"),
                                                     "client_id": "err-client"})
             assert answer.status_code == 200, answer.text
-            events, _ = _until_end(ws, answer.json()["prompt_id"])
+            events, _ = events_until_done(ws, answer.json()["prompt_id"], timeout=120.0)
             error = next(e["data"] for e in events if e["type"] == "execution_error")
             assert error["node_id"] == "4" and error["node_type"] == "CheckpointLoaderSimple"
             assert error["exception_message"] and error["traceback"]

@@ -8,7 +8,7 @@ import struct
 import time
 
 import pytest
-from serverproc import wait_for_history
+from serverproc import events_until_done, wait_for_history
 from websocket import create_connection
 
 BOOT_ROUTES = ["/users", "/settings", "/object_info", "/queue", "/history?max_items=64", "/extensions",
@@ -24,22 +24,6 @@ def _ws(server, client_id: str | None = None, flags: dict | None = None):
         reply = json.loads(ws.recv())
         assert reply["type"] == "feature_flags"
     return ws, hello
-
-
-def _events_until_done(ws, prompt_id: str, timeout: float = 60.0) -> tuple[list[dict], list[bytes]]:
-    events, frames = [], []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        message = ws.recv()
-        if isinstance(message, bytes):
-            frames.append(message)
-            continue
-        event = json.loads(message)
-        events.append(event)
-        data = event["data"]
-        if event["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
-            return events, frames
-    raise AssertionError(f"no end of prompt {prompt_id}: {events}")
 
 
 def test_frontend_boot_routes_answer_json_with_and_without_api_prefix(node_server):
@@ -112,7 +96,7 @@ def test_prompt_events_arrive_in_order_and_history_has_comfyui_shape(node_server
             assert answer.status_code == 200, answer.text
             prompt_id = answer.json()["prompt_id"]
             assert answer.json()["node_errors"] == {}
-            events, _ = _events_until_done(ws, prompt_id)
+            events, _ = events_until_done(ws, prompt_id)
             entry = wait_for_history(http, prompt_id)
     finally:
         ws.close()
@@ -140,7 +124,7 @@ def test_latent_previews_are_binary_frames_type_4_with_metadata_else_type_1(node
             prompt_id = http.post("/api/prompt", json={
                 "prompt": {"7": {"class_type": "Sleep", "inputs": {"seconds": 0.1}}}, "client_id": "p1",
                 "extra_data": {"preview_method": "latent2rgb"}}).json()["prompt_id"]
-            _, frames = _events_until_done(ws, prompt_id)
+            _, frames = events_until_done(ws, prompt_id)
     finally:
         ws.close()
     assert len(frames) == 4
@@ -161,7 +145,7 @@ def test_node_error_becomes_execution_error_and_the_server_goes_on(node_server):
         with node_server.client() as http:
             prompt_id = http.post("/api/prompt", json={"prompt": {"3": {"class_type": "Fail", "inputs": {}}},
                                                        "client_id": "e1"}).json()["prompt_id"]
-            events, _ = _events_until_done(ws, prompt_id)
+            events, _ = events_until_done(ws, prompt_id)
             error = next(e["data"] for e in events if e["type"] == "execution_error")
             assert error["node_id"] == "3" and error["node_type"] == "Fail"
             assert "always fails" in error["exception_message"] and error["traceback"]

@@ -267,6 +267,26 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, noise_samp
     return x
 
 
+def _sde_first_order_step(x, sigma, sigma_next, denoised, eta):
+    """First-order DPM-Solver++ SDE step in log-sigma time (Lu et al. 2022b). Both the 2M and the 3M
+    SDE sampler start from it and add their multistep corrections, so it is written once; h, h_eta and
+    alpha_t come back because those corrections and `_sde_add_noise` reuse them."""
+    lambda_s, lambda_t = sigma.log().neg(), sigma_next.log().neg()
+    h = lambda_t - lambda_s
+    h_eta = h * (eta + 1)
+    alpha_t = sigma_next * lambda_t.exp()
+    x = sigma_next / sigma * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+    return x, h, h_eta, alpha_t
+
+
+def _sde_add_noise(x, sigma, sigma_next, h, eta, s_noise, noise_sampler):
+    """The SDE noise term that goes with `_sde_first_order_step`: its variance makes the step's
+    marginal match sigma_next (skipped, noise sampler untouched, when eta or s_noise is 0)."""
+    if eta > 0 and s_noise > 0:
+        x = x + noise_sampler(sigma, sigma_next) * sigma_next * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+    return x
+
+
 @torch.no_grad()
 def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta=1.0, s_noise=1.0,
                         solver_type="midpoint"):
@@ -283,19 +303,14 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, noise_
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            lambda_s, lambda_t = sigmas[i].log().neg(), sigmas[i + 1].log().neg()
-            h = lambda_t - lambda_s
-            h_eta = h * (eta + 1)
-            alpha_t = sigmas[i + 1] * lambda_t.exp()
-            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            x, h, h_eta, alpha_t = _sde_first_order_step(x, sigmas[i], sigmas[i + 1], denoised, eta)
             if old_denoised is not None:
                 r = h_last / h
                 if solver_type == "heun":
                     x = x + alpha_t * ((-h_eta).expm1().neg() / (-h_eta) + 1) * (1 / r) * (denoised - old_denoised)
                 else:
                     x = x + 0.5 * alpha_t * (-h_eta).expm1().neg() * (1 / r) * (denoised - old_denoised)
-            if eta > 0 and s_noise > 0:
-                x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+            x = _sde_add_noise(x, sigmas[i], sigmas[i + 1], h, eta, s_noise, noise_sampler)
         old_denoised = denoised
         h_last = h
     return x
@@ -315,11 +330,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, noise_
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            lambda_s, lambda_t = sigmas[i].log().neg(), sigmas[i + 1].log().neg()
-            h = lambda_t - lambda_s
-            h_eta = h * (eta + 1)
-            alpha_t = sigmas[i + 1] * lambda_t.exp()
-            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            x, h, h_eta, alpha_t = _sde_first_order_step(x, sigmas[i], sigmas[i + 1], denoised, eta)
             if h_2 is not None:
                 r0 = h_1 / h
                 r1 = h_2 / h
@@ -335,8 +346,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, noise_
                 d = (denoised - denoised_1) / r
                 phi_2 = h_eta.neg().expm1() / h_eta + 1
                 x = x + (alpha_t * phi_2) * d
-            if eta > 0 and s_noise > 0:
-                x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+            x = _sde_add_noise(x, sigmas[i], sigmas[i + 1], h, eta, s_noise, noise_sampler)
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
     return x
