@@ -40,10 +40,14 @@ def _shared_reference_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """`shared/reference` (make_sd15_random.py, sd15_256_euler/); skips when it is not there."""
+    """`shared/reference` (make_sd15_random.py, sd15_256_euler/). Outside CI a checkout without it
+    skips the tests that need it; in CI (CI set) its absence is a failure, never a silent skip."""
     ref = _shared_reference_dir()
     if not ref.is_dir():
-        pytest.skip(f"reference data not found at {ref} (set DIFFMESH_SHARED to the folder holding reference/)")
+        why = f"reference data not found at {ref} (set DIFFMESH_SHARED to the folder holding reference/)"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
     return ref
 
 

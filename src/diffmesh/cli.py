@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any
 
 from diffmesh.errors import ConfigError, DiffmeshError
 

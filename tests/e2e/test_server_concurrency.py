@@ -17,7 +17,6 @@ from serverproc import wait_for_history
 from test_server_e2e import txt2img
 from websocket import create_connection
 
-pytest.importorskip("diffmesh.runtime")
 USERS = {"alice": 11, "bob": 22}
 
 

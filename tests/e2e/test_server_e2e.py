@@ -6,13 +6,11 @@ from __future__ import annotations
 import io
 import json
 import struct
-import time
 
 import pytest
 from serverproc import ServerProcess, events_until_done, wait_for_history
 from websocket import create_connection
 
-pytest.importorskip("diffmesh.runtime")
 STEPS = 3
 
 

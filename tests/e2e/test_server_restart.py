@@ -10,7 +10,6 @@ import pytest
 from serverproc import ServerProcess, wait_for_history
 from test_server_e2e import txt2img
 
-pytest.importorskip("diffmesh.runtime")
 COUNT = 6
 
 

@@ -11,13 +11,10 @@ import time
 
 import numpy as np
 import psutil
-import pytest
 from PIL import Image
 from serverproc import wait_for_history
 from test_server_e2e import txt2img as server_e2e_txt2img
 from websocket import create_connection
-
-pytest.importorskip("diffmesh.executors.multiproc")
 
 
 def txt2img(seed: int, prefix: str, steps: int = 40) -> dict:

@@ -8,13 +8,8 @@ import pytest
 from diffmesh.config.paths import Paths
 from diffmesh.nodes.registry import build_registry
 
-SPEC = Path(__file__).resolve().parents[3] / ".." / "shared" / "reference" / "comfy-api-spec.md"
-
-
-def appendix_a() -> dict:
-    if not SPEC.is_file():
-        pytest.skip(f"spec not found at {SPEC}")
-    text = SPEC.read_text()
+def appendix_a(reference_dir: Path) -> dict:
+    text = (reference_dir / "comfy-api-spec.md").read_text()
     block = text[text.index("## Appendix A"):]
     entries = {}
     for line in block.splitlines():
@@ -44,8 +39,8 @@ def without_device(entry: dict) -> dict:
     return entry
 
 
-def test_every_appendix_a_node_matches_exactly(object_info):
-    expected = appendix_a()
+def test_every_appendix_a_node_matches_exactly(object_info, reference_dir):
+    expected = appendix_a(reference_dir)
     assert len(expected) == 17
     for name, entry in expected.items():
         assert json.dumps(without_device(object_info[name])) == json.dumps(entry), name
