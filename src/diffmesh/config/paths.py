@@ -37,6 +37,49 @@ FOLDER_KEYS: tuple[tuple[str, tuple[str, ...], frozenset[str] | None], ...] = (
     ("audio_encoders", ("audio_encoders",), MODEL_EXTENSIONS),
 )
 LEGACY_KEYS = {"clip": "text_encoders", "unet": "diffusion_models"}
+# A file name may end in one of these to pick the folder it lives in (ComfyUI's annotated names).
+ANNOTATIONS = {" [output]": "output", " [input]": "input", " [temp]": "temp"}
+
+
+class UnsafePath(ValueError):
+    """A requested path would leave its folder, or is not a plain relative name."""
+
+
+def safe_join(root: Path, *parts: str) -> Path:
+    """`root/parts…` resolved (symlinks too); UnsafePath if it is absolute, odd, or leaves `root`."""
+    root = Path(root).resolve()
+    rel: list[str] = []
+    for part in parts:
+        if part is None or part == "":
+            continue
+        if "\x00" in part or part.startswith(("/", "\\")) or (len(part) > 1 and part[1] == ":"):
+            raise UnsafePath(f"path {part!r} must be relative to its folder")
+        for piece in part.replace("\\", "/").split("/"):
+            if piece in ("", "."):
+                continue
+            if piece == "..":
+                raise UnsafePath(f"path {part!r} must not contain '..'")
+            rel.append(piece)
+    candidate = root.joinpath(*rel).resolve() if rel else root
+    if candidate != root and root not in candidate.parents:
+        raise UnsafePath(f"path {'/'.join(rel)!r} resolves outside its folder")
+    return candidate
+
+
+def safe_name(name: str) -> str:
+    """A plain file name (no folders, no control characters)."""
+    base = os.path.basename(name.replace("\\", "/"))
+    if base in ("", ".", "..") or any(ord(c) < 32 for c in base):
+        raise UnsafePath(f"file name {name!r} is not a plain file name")
+    return base
+
+
+def split_annotation(name: str, default: str) -> tuple[str, str]:
+    """("x.png [output]", d) -> ("x.png", "output"); a name without annotation keeps `default`."""
+    for suffix, kind in ANNOTATIONS.items():
+        if name.endswith(suffix):
+            return name[: -len(suffix)], kind
+    return name, default
 
 
 @dataclass
@@ -150,6 +193,10 @@ class Paths:
                 return candidate
         raise ModelError(f"Model in folder '{key}' with filename '{name}' not found.", where=key,
                          fix=f"put the file in one of: {', '.join(str(f) for f in self.models.get(key, []))}")
+
+    def type_dir(self, kind: str) -> Path:
+        """The folder of a file type: "input", "output" or "temp" (KeyError for anything else)."""
+        return Path({"output": self.output_dir, "input": self.input_dir, "temp": self.temp_dir}[kind])
 
     def ensure_dirs(self) -> None:
         for folder in (self.input_dir, self.output_dir, self.temp_dir, self.user_dir):

@@ -15,24 +15,18 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
+from diffmesh.config.paths import split_annotation
 from diffmesh.nodes.base import SAVE_HIDDEN, NodeContext, NodeDef, NodeSchema, SchemaEnv, combo, inp, out
 
-ANNOTATIONS = {" [output]": "output", " [input]": "input", " [temp]": "temp"}
 TEMP_LETTERS = "abcdefghijklmnopqrstupvxyz"          # sic: ComfyUI's alphabet (no 'w')
 
 
 # -- paths -------------------------------------------------------------------------------------
 
-def type_dir(paths, kind: str) -> Path:
-    return Path({"output": paths.output_dir, "input": paths.input_dir, "temp": paths.temp_dir}[kind])
-
-
 def annotated_path(paths, name: str, default: str = "input") -> Path:
     """`name` may end in " [output]", " [input]" or " [temp]", which picks the folder."""
-    for suffix, kind in ANNOTATIONS.items():
-        if name.endswith(suffix):
-            return type_dir(paths, kind) / name[: -len(suffix)]
-    return type_dir(paths, default) / name
+    name, kind = split_annotation(name, default)
+    return paths.type_dir(kind) / name
 
 
 def input_files(env: SchemaEnv, accept) -> list[str]:
@@ -102,7 +96,7 @@ def metadata_texts(ctx: NodeContext, prompt, extra_pnginfo) -> dict[str, str] | 
 
 def save_images(ctx: NodeContext, images: torch.Tensor, filename_prefix: str, kind: str, compress_level: int,
                 prompt=None, extra_pnginfo=None) -> dict:
-    folder, stem, counter, subfolder = save_path(filename_prefix, type_dir(ctx.paths, kind),
+    folder, stem, counter, subfolder = save_path(filename_prefix, ctx.paths.type_dir(kind),
                                                  images[0].shape[1], images[0].shape[0])
     texts = metadata_texts(ctx, prompt, extra_pnginfo)
     results = []
@@ -164,7 +158,7 @@ def load_image_valid(paths, image: str):
 def save_latent(ctx: NodeContext, samples: dict, filename_prefix: str = "ComfyUI", prompt=None, extra_pnginfo=None):
     from safetensors.torch import save_file
 
-    folder, stem, counter, subfolder = save_path(filename_prefix, type_dir(ctx.paths, "output"))
+    folder, stem, counter, subfolder = save_path(filename_prefix, ctx.paths.type_dir("output"))
     texts = metadata_texts(ctx, prompt, extra_pnginfo)
     if texts is not None and "prompt" not in texts:
         texts["prompt"] = ""

@@ -24,7 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from diffmesh.server.config import ServerConfig
 from diffmesh.server.dispatcher import Dispatcher
 from diffmesh.server.runtime_ref import RuntimeRef, RuntimeUnavailable
-from diffmesh.server.security import GuardMiddleware, UnsafePath
+from diffmesh.config.paths import UnsafePath
+from diffmesh.server.security import GuardMiddleware
 from diffmesh.server.store import QueueStore
 from diffmesh.server.ws import ConnectionHub
 

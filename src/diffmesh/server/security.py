@@ -8,9 +8,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 from http.cookies import SimpleCookie
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from diffmesh.server.config import ServerConfig, host_is_loopback
@@ -165,39 +163,3 @@ async def _json(send, status: int, body: dict):
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
     await send({"type": "http.response.body", "body": payload})
-
-
-# -- paths -----------------------------------------------------------------------------------
-
-
-class UnsafePath(ValueError):
-    """A requested path would leave its folder, or is not a plain relative name."""
-
-
-def safe_join(root: Path, *parts: str) -> Path:
-    """`root/parts…` resolved (symlinks too); UnsafePath if it is absolute, odd, or leaves `root`."""
-    root = Path(root).resolve()
-    rel: list[str] = []
-    for part in parts:
-        if part is None or part == "":
-            continue
-        if "\x00" in part or part.startswith(("/", "\\")) or (len(part) > 1 and part[1] == ":"):
-            raise UnsafePath(f"path {part!r} must be relative to its folder")
-        for piece in part.replace("\\", "/").split("/"):
-            if piece in ("", "."):
-                continue
-            if piece == "..":
-                raise UnsafePath(f"path {part!r} must not contain '..'")
-            rel.append(piece)
-    candidate = root.joinpath(*rel).resolve() if rel else root
-    if candidate != root and root not in candidate.parents:
-        raise UnsafePath(f"path {'/'.join(rel)!r} resolves outside its folder")
-    return candidate
-
-
-def safe_name(name: str) -> str:
-    """A plain file name (no folders, no control characters)."""
-    base = os.path.basename(name.replace("\\", "/"))
-    if base in ("", ".", "..") or any(ord(c) < 32 for c in base):
-        raise UnsafePath(f"file name {name!r} is not a plain file name")
-    return base

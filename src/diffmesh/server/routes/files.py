@@ -13,10 +13,9 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
+from diffmesh.config.paths import UnsafePath, safe_join, safe_name, split_annotation
 from diffmesh.server.routes.common import fail, state
-from diffmesh.server.security import UnsafePath, safe_join, safe_name
 
-ANNOTATIONS = {" [output]": "output", " [input]": "input", " [temp]": "temp"}
 UNSAFE_TYPES = ("text/html", "text/javascript", "application/javascript", "text/css", "image/svg+xml")
 
 
@@ -29,17 +28,10 @@ def router() -> APIRouter:
 
 
 def type_dir(paths, kind: str) -> Path:
-    folders = {"output": paths.output_dir, "input": paths.input_dir, "temp": paths.temp_dir}
-    if kind not in folders:
-        raise fail(400, "bad_request", f"unknown file type {kind!r}", "use type=output, input or temp")
-    return Path(folders[kind])
-
-
-def split_annotation(name: str, default: str) -> tuple[str, str]:
-    for suffix, kind in ANNOTATIONS.items():
-        if name.endswith(suffix):
-            return name[: -len(suffix)], kind
-    return name, default
+    try:
+        return paths.type_dir(kind)
+    except KeyError:
+        raise fail(400, "bad_request", f"unknown file type {kind!r}", "use type=output, input or temp") from None
 
 
 async def get_view(request: Request):

@@ -84,20 +84,17 @@ async def get_experiment_models(request: Request):
 
 
 def _model_infos(paths, folder: str) -> list[dict]:
+    """Each file of `folder` once, with the index of the first root that holds it."""
+    roots = [Path(root) for root in paths.models[folder]]
     found = []
-    seen = set()
-    for index, root in enumerate(paths.models[folder]):
-        root = Path(root)
-        if not root.is_dir():
+    for name in paths.list(folder):
+        index = next((i for i, root in enumerate(roots) if (root / name).is_file()), None)
+        if index is None:
             continue
-        for name in paths.list(folder):
-            full = root / name
-            if name in seen or not full.is_file():
-                continue
-            seen.add(name)
-            st = full.stat()
-            found.append({"name": name, "pathIndex": index, "modified": st.st_mtime, "created": st.st_ctime,
-                          "size": st.st_size})
+        st = (roots[index] / name).stat()
+        found.append({"name": name, "pathIndex": index, "modified": st.st_mtime, "created": st.st_ctime,
+                      "size": st.st_size})
+    found.sort(key=lambda info: info["pathIndex"])   # stable: by root, then by name within a root
     return found
 
 

@@ -14,8 +14,8 @@ from urllib.parse import unquote
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from diffmesh.config.paths import safe_join
 from diffmesh.server.routes.common import fail, query_bool, read_json, state
-from diffmesh.server.security import safe_join
 
 SETTINGS_FILE = "comfy.settings.json"
 # What a user who never changed a setting gets. diffmesh ships no workflow templates, so the
