@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
-from diffmesh.config.paths import split_annotation
+from diffmesh.config.paths import UnsafePath, safe_join, split_annotation
 from diffmesh.nodes.base import SAVE_HIDDEN, NodeContext, NodeDef, NodeSchema, SchemaEnv, combo, inp, out
 
 TEMP_LETTERS = "abcdefghijklmnopqrstupvxyz"          # sic: ComfyUI's alphabet (no 'w')
@@ -24,9 +24,19 @@ TEMP_LETTERS = "abcdefghijklmnopqrstupvxyz"          # sic: ComfyUI's alphabet (
 # -- paths -------------------------------------------------------------------------------------
 
 def annotated_path(paths, name: str, default: str = "input") -> Path:
-    """`name` may end in " [output]", " [input]" or " [temp]", which picks the folder."""
+    """`name` may end in " [output]", " [input]" or " [temp]", which picks the folder. A name that
+    would leave that folder (absolute, `..`, a symlink pointing out) raises `UnsafePath`: a prompt
+    must not be able to read arbitrary files of the server's machine into an image."""
     name, kind = split_annotation(name, default)
-    return paths.type_dir(kind) / name
+    return safe_join(paths.type_dir(kind), name)
+
+
+def _valid_file(paths, name: str, what: str):
+    try:
+        found = annotated_path(paths, name).is_file()
+    except UnsafePath as exc:
+        return f"Invalid {what} file: {exc}"
+    return True if found else f"Invalid {what} file: {name}"
 
 
 def input_files(env: SchemaEnv, accept) -> list[str]:
@@ -150,7 +160,7 @@ def load_image_changed(paths, image: str) -> str:
 
 
 def load_image_valid(paths, image: str):
-    return True if annotated_path(paths, image).is_file() else f"Invalid image file: {image}"
+    return _valid_file(paths, image, "image")
 
 
 # -- latents -----------------------------------------------------------------------------------
@@ -182,7 +192,7 @@ def load_latent_changed(paths, latent: str) -> str:
 
 
 def load_latent_valid(paths, latent: str):
-    return True if annotated_path(paths, latent).is_file() else f"Invalid latent file: {latent}"
+    return _valid_file(paths, latent, "latent")
 
 
 SAVE_DESCRIPTION = "Saves the input images to your ComfyUI output directory."

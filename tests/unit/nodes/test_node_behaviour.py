@@ -125,3 +125,16 @@ def test_save_latent_then_load_latent_round_trips(ctx):
     assert name == {"filename": "x_00001_.latent", "subfolder": "latents", "type": "output"}
     (loaded,) = io.load_latent(ctx, "latents/x_00001_.latent [output]")
     assert torch.equal(loaded["samples"], samples)
+
+
+@pytest.mark.parametrize("name", ["../outside.png", "/etc/hostname", "sub/../../outside.png", "link.png"])
+def test_load_image_and_latent_refuse_names_that_leave_their_folder(ctx, tmp_path, name):
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(outside)
+    (ctx.paths.input_dir / "link.png").symlink_to(outside)
+    for valid in (io.load_image_valid, io.load_latent_valid):
+        message = valid(ctx.paths, name)
+        assert isinstance(message, str) and message.startswith("Invalid ")
+        assert any(why in message for why in ("outside its folder", "relative to its folder", "'..'"))
+    with pytest.raises(ValueError, match="folder|relative|'..'"):
+        io.load_image(ctx, name)
