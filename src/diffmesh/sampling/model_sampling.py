@@ -119,3 +119,99 @@ class ModelSampling:
         max_sigma = float(self.sigma_max)
         sigma = float(sigmas[0])
         return math.isclose(max_sigma, sigma, rel_tol=1e-05) or sigma > max_sigma
+
+
+def flow_shift(shift: float, t):
+    """SD3 / AuraFlow time shift (Esser et al. 2024, eq. 23): sigma(t) = s*t / (1 + (s - 1)*t)."""
+    if shift == 1.0:
+        return t
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def flux_shift(mu: float, t):
+    """Flux's resolution-dependent shift: sigma(t) = e^mu / (e^mu + (1/t - 1))."""
+    return math.exp(mu) / (math.exp(mu) + (1 / t - 1))
+
+
+class FlowModelSampling:
+    """Rectified-flow ("CONST") sampling of the diffusion transformers: x_sigma = (1 - sigma)*x0 + sigma*noise.
+
+    kind "shift": ComfyUI's ModelSamplingDiscreteFlow (SD3, AuraFlow, Z-Image, Wan, Qwen-Image nodes):
+    a 1000-entry table sigma(i/1000) with `flow_shift`, and the model sees sigma * multiplier.
+    kind "flux": ComfyUI's ModelSamplingFlux: a 10000-entry table with `flux_shift(mu)` (the `shift`
+    argument is mu), and the model sees sigma itself. Tables are float32, as ComfyUI's buffers.
+    The network predicts the velocity v = noise - x0, so denoised = x - sigma * v.
+    """
+
+    prediction_type = "flow"
+    sigma_data = 1.0
+
+    def __init__(self, kind: str = "shift", shift: float = 1.0, multiplier: float = 1000.0):
+        if kind not in ("shift", "flux"):
+            raise ValueError(f"unknown flow sampling kind {kind!r}; expected 'shift' or 'flux'")
+        self.kind = kind
+        self.shift = float(shift)
+        self.multiplier = float(multiplier) if kind == "shift" else 1.0
+        steps = 1000 if kind == "shift" else 10000
+        self.sigmas = self.sigma((torch.arange(1, steps + 1, 1) / steps) * self.multiplier).float()
+        self.log_sigmas = self.sigmas.log()
+
+    def __getstate__(self):
+        return {"kind": self.kind, "shift": self.shift, "multiplier": self.multiplier}
+
+    def __setstate__(self, state):
+        self.__init__(state["kind"], state["shift"], state["multiplier"])
+
+    def __eq__(self, other):
+        return isinstance(other, FlowModelSampling) and self.__getstate__() == other.__getstate__()
+
+    def __hash__(self):
+        return hash(tuple(sorted(self.__getstate__().items())))
+
+    def __repr__(self):
+        return f"FlowModelSampling(kind={self.kind!r}, shift={self.shift}, multiplier={self.multiplier})"
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+    def timestep(self, sigma):
+        return sigma * self.multiplier
+
+    def sigma(self, timestep):
+        t = timestep / self.multiplier
+        return flow_shift(self.shift, t) if self.kind == "shift" else flux_shift(self.shift, t)
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        t = 1.0 - percent
+        return float(flow_shift(self.shift, t) if self.kind == "shift" else flux_shift(self.shift, t))
+
+    def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def calculate_denoised(self, sigma: torch.Tensor, model_output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        sigma = sigma.view(sigma.shape[:1] + (1,) * (model_output.ndim - 1))
+        return x - model_output * sigma
+
+    def noise_scaling(self, sigma, noise: torch.Tensor, latent_image: torch.Tensor,
+                      max_denoise: bool = False) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=noise.dtype, device=noise.device)
+        sigma = sigma.view(sigma.shape[:1] + (1,) * (noise.ndim - 1)) if sigma.ndim else sigma
+        return sigma * noise + (1.0 - sigma) * latent_image
+
+    def inverse_noise_scaling(self, sigma, latent: torch.Tensor) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=latent.dtype, device=latent.device)
+        return latent / (1.0 - sigma)
+
+    def is_max_denoise(self, sigmas: torch.Tensor) -> bool:
+        max_sigma = float(self.sigma_max)
+        sigma = float(sigmas[0])
+        return math.isclose(max_sigma, sigma, rel_tol=1e-05) or sigma > max_sigma
