@@ -34,6 +34,11 @@ class ModelHandle:
     embedding_dirs: folders searched for `embedding:name` (clip only)
     device:      placement request ("cpu", "cuda:1", "1"...), None = let the engine place it
     dtype:       weight dtype request ("fp32", "fp16", "bf16", "fp8_e4m3fn", ...), None = device default
+    sampling:    model-sampling override set by ComfyUI's ModelSampling* nodes (unet only), as the
+                 arguments of `diffmesh.sampling.model_sampling.FlowModelSampling`: ("shift", shift,
+                 multiplier) or ("flux", mu, 1.0); None = the family's default
+    extra_paths: further files that make up this component, in order (DualCLIPLoader's second text
+                 encoder, ...); part of the base-weights identity
     parallel:    parallel-strategy request of a MODEL (`MultiGPU_WorkUnits`: "cfg", "batch", ...), None =
                  follow `--parallel`; the engine strips it before a handle reaches a worker
                  (`diffmesh.parallel.request.plain_handle`), so it never makes a second copy load
@@ -47,6 +52,8 @@ class ModelHandle:
     embedding_dirs: tuple[str, ...] = field(default=(), compare=True)
     device: str | None = None
     dtype: str | None = None
+    sampling: tuple | None = None
+    extra_paths: tuple[str, ...] = ()
     parallel: str | None = None
 
     def __post_init__(self) -> None:
@@ -54,9 +61,9 @@ class ModelHandle:
             raise ValueError(f"unknown model component {self.component!r}; expected one of {COMPONENTS}")
 
     @property
-    def weights_key(self) -> tuple[str, str, str | None]:
+    def weights_key(self) -> tuple:
         """Identity of the base weights: LoRA strength and clip skip do not change it."""
-        return (self.path, self.component, self.dtype)
+        return (self.path, self.component, self.dtype) + ((self.extra_paths,) if self.extra_paths else ())
 
     def with_lora(self, path: str, strength: float) -> "ModelHandle":
         return replace(self, loras=self.loras + (LoraPatch(path, float(strength)),))
