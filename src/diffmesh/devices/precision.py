@@ -136,10 +136,14 @@ def store_in(module: nn.Module, storage: torch.dtype) -> int:
 
 
 def attach_cast_hooks(module: nn.Module, compute: torch.dtype) -> int:
-    """Hooks that give each Linear/Conv a `compute`-dtype weight during its forward only."""
+    """Hooks that give each Linear/Conv a `compute`-dtype weight during its forward only.
+
+    A layer with a `scale_weight` buffer ("scaled fp8" files: one scale per tensor) gets
+    `weight.to(compute) * scale`. Layers that already carry a cast hook are left as they are."""
     count = 0
     for sub in module.modules():
-        if isinstance(sub, CASTABLE) and sub.weight is not None and sub.weight.dtype != compute:
+        if isinstance(sub, CASTABLE) and sub.weight is not None and sub.weight.dtype != compute \
+                and CAST_HOOK not in hooks.attached(sub):
             stash: dict[str, nn.Parameter] = {}
 
             def pre(mod, args, stash=stash):
@@ -147,7 +151,11 @@ def attach_cast_hooks(module: nn.Module, compute: torch.dtype) -> int:
                     mod._parameters["weight"] = stash.pop("weight")
                 stored = mod._parameters["weight"]
                 stash["weight"] = stored
-                mod._parameters["weight"] = nn.Parameter(stored.detach().to(compute), requires_grad=False)
+                weight = stored.detach().to(compute)
+                scale = mod._buffers.get("scale_weight")
+                if scale is not None:
+                    weight = weight * scale.to(compute)
+                mod._parameters["weight"] = nn.Parameter(weight, requires_grad=False)
 
             def post(mod, args, output, stash=stash):
                 mod._parameters["weight"] = stash.pop("weight")

@@ -19,6 +19,9 @@ from diffmesh.errors import ModelError
 
 UNET_PREFIX = "model.diffusion_model."
 FAMILIES = ("sd1", "sd2", "sd2v", "sdxl")
+DIT_PREFIXES = (UNET_PREFIX, "")
+# Flux "ae" VAE (also Z-Image's): the LDM autoencoder with 16 latent channels and no quant convs
+FLUX_VAE_Z = 16
 V_PRED_STD_THRESHOLD = 0.09
 
 
@@ -66,10 +69,38 @@ def unet_prefix(keys) -> str | None:
     return None
 
 
+def dit_family(shapes: dict) -> tuple[str, str] | None:
+    """(family id, key prefix) of a diffusion-transformer file, or None."""
+    from diffmesh.models import dit
+
+    for prefix in DIT_PREFIXES:
+        stripped = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+        if not stripped:
+            continue
+        for name in dit.FAMILY_MODULES:
+            fam = dit.available_family(name)
+            if fam is not None and fam.matches(stripped):
+                return name, prefix
+    return None
+
+
+def vae_kind(shapes: dict) -> str:
+    """'wan21' (Wan 2.1 / Qwen-Image causal 3-D VAE), 'flux' (16-channel LDM "ae") or 'sd' (4 channels)."""
+    keys = {k.removeprefix("first_stage_model.").removeprefix("vae.") for k in shapes}
+    if "decoder.middle.0.residual.0.gamma" in keys:
+        return "wan21"
+    for prefix in ("first_stage_model.", "vae.", ""):
+        z = shapes.get(prefix + "decoder.conv_in.weight")
+        if z is not None and z[1] == FLUX_VAE_Z and prefix + "post_quant_conv.weight" not in shapes:
+            return "flux"
+    return "sd"
+
+
 def is_vae_file(keys) -> bool:
     keys = set(keys)
-    return any(k in keys for k in ("decoder.conv_in.weight", "first_stage_model.decoder.conv_in.weight")) \
-        and unet_prefix(keys) is None
+    vae = any(k in keys for k in ("decoder.conv_in.weight", "first_stage_model.decoder.conv_in.weight",
+                                   "decoder.middle.0.residual.0.gamma"))
+    return vae and unet_prefix(keys) is None and not any(k.startswith(UNET_PREFIX) for k in keys)
 
 
 def detect_kind(path: str | Path) -> str:
@@ -77,6 +108,9 @@ def detect_kind(path: str | Path) -> str:
     keys = read_shapes(path)
     if unet_prefix(keys) is not None:
         return "checkpoint"
+    found = dit_family(keys)
+    if found is not None:
+        return "checkpoint" if found[1] else "diffusion_model"
     if is_vae_file(keys):
         return "vae"
     if any(".lora_" in k or ".lora." in k or k.endswith(".alpha") for k in keys):
@@ -93,15 +127,21 @@ def _summary(keys) -> str:
 
 
 def detect_family(path: str | Path) -> str:
-    """'sd1' | 'sd2' | 'sd2v' | 'sdxl' for a single-file checkpoint or a bare UNet file."""
+    """'sd1' | 'sd2' | 'sd2v' | 'sdxl' for a single-file checkpoint or a bare UNet file; a DiT family id
+    ('flux', 'zimage', 'qwenimage') for a diffusion-transformer file, bare or all-in-one."""
     shapes = read_shapes(path)
     prefix = unet_prefix(shapes)
     if prefix is None:
+        found = dit_family(shapes)
+        if found is not None:
+            return found[0]
         if is_vae_file(shapes):
             raise ModelError("this is a VAE-only file, not a checkpoint", where=str(path),
                              fix="load it with VAELoader from the vae folder")
-        raise ModelError(f"not a Stable Diffusion checkpoint (no UNet input_blocks found; {_summary(shapes)})",
-                         where=str(path), fix="diffmesh supports SD1.x, SD2.x and SDXL single-file checkpoints")
+        raise ModelError(f"not a model diffmesh knows (no UNet input_blocks and no Flux.1, Z-Image or Qwen-Image "
+                         f"transformer keys found; {_summary(shapes)})", where=str(path),
+                         fix="diffmesh supports SD1.x, SD2.x and SDXL checkpoints and Flux.1, Z-Image and "
+                             "Qwen-Image diffusion models")
     if prefix + "label_emb.0.0.weight" in shapes:
         return "sdxl"
     proj = [shapes[k] for k in shapes if k.startswith(prefix) and k.endswith(".proj_in.weight")]

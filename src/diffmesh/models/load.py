@@ -93,6 +93,8 @@ def resolve_dtype(dtype: Any, device: torch.device, component: str) -> torch.dty
     """fp32/fp16/bf16 strings or torch dtypes; None = fp32 on CPU, fp16 elsewhere (fp32 for the VAE)."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if isinstance(dtype, str) and dtype.startswith("fp8_"):
+        dtype = None                # fp8 is storage only (models.dit, devices.precision): compute as default
     if dtype is None or dtype == "default":
         if device.type == "cpu" or component == "vae":
             return torch.float32
@@ -144,11 +146,18 @@ def _unet_base(handle: ModelHandle, store: WeightStore, family: str) -> dict:
 def build_unet(handle: ModelHandle, device: torch.device, dtype: torch.dtype, store: WeightStore):
     from diffusers import UNet2DConditionModel
 
+    from diffmesh.models.dit import FAMILY_MODULES
     from diffmesh.models.unet import UNetModel
     from diffmesh.sampling import latent_formats
     from diffmesh.sampling.model_sampling import ModelSampling
 
     family = handle.family or detect.detect_family(handle.path)
+    if family in FAMILY_MODULES:                    # diffusion transformers (Flux, Z-Image, Qwen-Image)
+        from dataclasses import replace
+
+        from diffmesh.models.dit.model import build_dit
+
+        return build_dit(replace(handle, family=family), device, dtype, store, _lora_patches(handle, store))
     spec = family_spec(family)
     key = str(Path(handle.path).resolve())
     base = store.derived((key, "unet"), lambda: _unet_base(handle, store, family))

@@ -1,5 +1,9 @@
 """Latent-space formats: the VAE scale factor and the cheap latent -> RGB preview map.
 
+The 16-channel formats of the diffusion transformers also shift: Flux's VAE latent (also Z-Image's)
+is `(x - 0.1159) * 0.3611`; the Wan 2.1 VAE latent (Wan, Qwen-Image) is normalised per channel,
+`(x - mean_c) * scale / std_c`, and is 5-D (B, C, T, h, w). Values are ComfyUI's.
+
 The VAE latent of SD models is rescaled to unit variance before diffusion (Rombach et al. 2022,
 "High-Resolution Image Synthesis with Latent Diffusion Models", scale factor 0.18215 for SD1/SD2,
 0.13025 for SDXL). Previews use a fitted 4x3 linear map from latent channels to RGB, as ComfyUI's
@@ -25,6 +29,24 @@ SDXL_RGB_FACTORS = (
     (-0.3165, -0.2492, -0.2188),
 )
 SDXL_RGB_BIAS = (0.1084, -0.0175, -0.0011)
+FLUX_RGB_FACTORS = (
+    (-0.0346, 0.0244, 0.0681), (0.0034, 0.0210, 0.0687), (0.0275, -0.0668, -0.0433), (-0.0174, 0.0160, 0.0617),
+    (0.0859, 0.0721, 0.0329), (0.0004, 0.0383, 0.0115), (0.0405, 0.0861, 0.0915), (-0.0236, -0.0185, -0.0259),
+    (-0.0245, 0.0250, 0.1180), (0.1008, 0.0755, -0.0421), (-0.0515, 0.0201, 0.0011), (0.0428, -0.0012, -0.0036),
+    (0.0817, 0.0765, 0.0749), (-0.1264, -0.0522, -0.1103), (-0.0280, -0.0881, -0.0499), (-0.1262, -0.0982, -0.0778),
+)
+FLUX_RGB_BIAS = (-0.0329, -0.0718, -0.0851)
+WAN21_RGB_FACTORS = (
+    (-0.1299, -0.1692, 0.2932), (0.0671, 0.0406, 0.0442), (0.3568, 0.2548, 0.1747), (0.0372, 0.2344, 0.1420),
+    (0.0313, 0.0189, -0.0328), (0.0296, -0.0956, -0.0665), (-0.3477, -0.4059, -0.2925), (0.0166, 0.1902, 0.1975),
+    (-0.0412, 0.0267, -0.1364), (-0.1293, 0.0740, 0.1636), (0.0680, 0.3019, 0.1128), (0.0032, 0.0581, 0.0639),
+    (-0.1251, 0.0927, 0.1699), (0.0060, -0.0633, 0.0005), (0.3477, 0.2275, 0.2950), (0.1984, 0.0913, 0.1861),
+)
+WAN21_RGB_BIAS = (-0.1835, -0.0868, -0.3360)
+WAN21_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+              0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+WAN21_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+             3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
 
 
 @dataclass(frozen=True)
@@ -34,6 +56,10 @@ class LatentFormat:
     latent_rgb_factors: tuple = SD15_RGB_FACTORS
     bias: tuple | None = None
     taesd_decoder_name: str | None = None
+    shift_factor: float = 0.0                  # Flux: subtracted before scaling
+    latents_mean: tuple | None = None          # Wan 2.1: per-channel normalisation
+    latents_std: tuple | None = None
+    dimensions: int = 2                        # spatial(+time) dims of a latent: 3 for the Wan format
 
     @property
     def latent_rgb_factors_bias(self):          # ComfyUI's attribute name
@@ -43,10 +69,31 @@ class LatentFormat:
     def latent_channels(self) -> int:           # ComfyUI's attribute name
         return self.channels
 
+    @property
+    def latent_dimensions(self) -> int:         # ComfyUI's attribute name
+        return self.dimensions
+
+    def _stats(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, self.channels) + (1,) * (latent.ndim - 2)
+        mean = torch.tensor(self.latents_mean, dtype=latent.dtype, device=latent.device).view(shape)
+        std = torch.tensor(self.latents_std, dtype=latent.dtype, device=latent.device).view(shape)
+        return mean, std
+
     def process_in(self, latent: torch.Tensor) -> torch.Tensor:
+        """VAE latent -> diffusion space (ComfyUI's operation order, so results match to the bit)."""
+        if self.latents_mean is not None:
+            mean, std = self._stats(latent)
+            return (latent - mean) * self.scale_factor / std
+        if self.shift_factor:
+            return (latent - self.shift_factor) * self.scale_factor
         return latent * self.scale_factor
 
     def process_out(self, latent: torch.Tensor) -> torch.Tensor:
+        if self.latents_mean is not None:
+            mean, std = self._stats(latent)
+            return latent * std / self.scale_factor + mean
+        if self.shift_factor:
+            return latent / self.scale_factor + self.shift_factor
         return latent / self.scale_factor
 
 
@@ -55,12 +102,18 @@ FORMATS = {
     "sd2": LatentFormat(0.18215, 4, SD15_RGB_FACTORS, None, "taesd_decoder"),
     "sd2v": LatentFormat(0.18215, 4, SD15_RGB_FACTORS, None, "taesd_decoder"),
     "sdxl": LatentFormat(0.13025, 4, SDXL_RGB_FACTORS, SDXL_RGB_BIAS, "taesdxl_decoder"),
+    "flux": LatentFormat(0.3611, 16, FLUX_RGB_FACTORS, FLUX_RGB_BIAS, "taef1_decoder", shift_factor=0.1159),
+    "wan21": LatentFormat(1.0, 16, WAN21_RGB_FACTORS, WAN21_RGB_BIAS, None, latents_mean=WAN21_MEAN,
+                          latents_std=WAN21_STD, dimensions=3),
 }
+# model families whose latent format has another name (the DiT families name theirs in models.dit)
+FAMILY_FORMATS = {"zimage": "flux", "qwenimage": "wan21", "wan21": "wan21"}
 
 
 def for_family(family: str) -> LatentFormat:
+    """The latent format of a model family id or a format name ("flux", "wan21")."""
     try:
-        return FORMATS[family]
+        return FORMATS[FAMILY_FORMATS.get(family, family)]
     except KeyError:
         raise ValueError(f"no latent format for model family {family!r}; known: {sorted(FORMATS)}") from None
 
@@ -72,6 +125,8 @@ def latent_to_rgb_preview(x0: torch.Tensor, fmt: LatentFormat):
     factors = torch.tensor(fmt.latent_rgb_factors, dtype=torch.float32)          # (C, 3)
     bias = torch.tensor(fmt.bias, dtype=torch.float32) if fmt.bias is not None else None
     lat = x0[0].detach().to("cpu", torch.float32)                                # (C, h, w)
+    if lat.ndim == 4:                                                            # (C, T, h, w): first frame
+        lat = lat[:, 0]
     rgb = torch.einsum("chw,cr->hwr", lat, factors)                              # (h, w, 3)
     if bias is not None:
         rgb = rgb + bias

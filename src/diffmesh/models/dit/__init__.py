@@ -43,6 +43,13 @@ class DiTFamily:
     sampling:        default FlowModelSampling arguments (kind, shift, multiplier) when no node sets them
     extra_conds:     (conditioning options dict, x shape) -> per-sample extra inputs with batch dim 1
     describe:        config -> short text for errors and logs ("Flux.1-dev, 19 double + 38 single blocks")
+    sampling_for:    optional: config -> default sampling arguments when they depend on the file (Flux
+                     schnell vs dev); None = `sampling` for every file
+    lora_names:      optional: config -> {LoRA module name: (module of the built network, rows)} for the
+                     names a LoRA format uses that differ from the built module's own (diffusers names of
+                     fused layers, ...); rows = (first row, row count) of the target weight the LoRA's
+                     delta replaces part of, or None for the whole weight. The module's own names (and
+                     kohya's `lora_unet_` spelling of them) are always accepted.
     """
 
     name: str
@@ -54,6 +61,25 @@ class DiTFamily:
     sampling: tuple
     extra_conds: Callable[[dict, tuple], dict]
     describe: Callable[[dict], str]
+    sampling_for: Callable[[dict], tuple] | None = None
+    lora_names: Callable[[dict], dict] | None = None
+
+    def default_sampling(self, config: dict) -> tuple:
+        """FlowModelSampling arguments of a file of this family when no ModelSampling* node sets them."""
+        return self.sampling_for(config) if self.sampling_for is not None else self.sampling
+
+
+def available_family(name: str) -> DiTFamily | None:
+    """The `DiTFamily` of `name`, or None while its module is not written yet (detection skips it)."""
+    import importlib
+
+    module = f"diffmesh.models.dit.{FAMILY_MODULES[name]}"
+    try:
+        return importlib.import_module(module).FAMILY
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return None
 
 
 def family(name: str) -> DiTFamily:
