@@ -66,7 +66,8 @@ def substitute_tokens(prefix: str, width: int, height: int) -> str:
 
 
 def save_path(prefix: str, output_dir: Path, width: int = 0, height: int = 0) -> tuple[Path, str, int, str]:
-    """(folder, file stem, next counter, subfolder) for `prefix`, as ComfyUI names saved files."""
+    """(folder, file stem, next counter, subfolder) for `prefix`, as ComfyUI names saved files. The
+    counter is where the search for a free name starts; `create_exclusive` takes the name."""
     prefix = substitute_tokens(prefix, width, height)
     subfolder, stem = os.path.split(os.path.normpath(prefix))
     output_dir = Path(output_dir).resolve()
@@ -89,6 +90,34 @@ def save_path(prefix: str, output_dir: Path, width: int = 0, height: int = 0) ->
     else:
         folder.mkdir(parents=True, exist_ok=True)
     return folder, stem, counter, subfolder
+
+
+def create_exclusive(folder: Path, name_for, counter: int) -> tuple[int, str, int]:
+    """(open fd, file name, counter used) of a new file `name_for(counter)`, taking the next counter
+    while the name exists. O_EXCL makes choosing a name and taking it one step: the folder scan of
+    `save_path` is only a starting point, since another prompt (another worker's thread, or another
+    process on this output folder) may take the same counter between the scan and the write."""
+    while True:
+        name = name_for(counter)
+        try:
+            return os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), name, counter
+        except FileExistsError:
+            counter += 1
+        except IsADirectoryError:        # some systems report a folder of that name this way
+            counter += 1
+
+
+def write_new_file(folder: Path, name_for, counter: int, write) -> tuple[str, int]:
+    """Create the first free `name_for(counter…)` exclusively and fill it with `write(file)`;
+    returns (name, counter used). A failed write removes the partial file."""
+    fd, name, counter = create_exclusive(folder, name_for, counter)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+    except BaseException:
+        (folder / name).unlink(missing_ok=True)
+        raise
+    return name, counter
 
 
 def metadata_texts(ctx: NodeContext, prompt, extra_pnginfo) -> dict[str, str] | None:
@@ -117,8 +146,10 @@ def save_images(ctx: NodeContext, images: torch.Tensor, filename_prefix: str, ki
             info = PngInfo()
             for key, text in texts.items():
                 info.add_text(key, text)
-        name = f"{stem.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
-        Image.fromarray(pixels).save(folder / name, pnginfo=info, compress_level=compress_level)
+        batch_stem = stem.replace('%batch_num%', str(batch_number))
+        name, counter = write_new_file(
+            folder, lambda c: f"{batch_stem}_{c:05}_.png", counter,
+            lambda f: Image.fromarray(pixels).save(f, format="PNG", pnginfo=info, compress_level=compress_level))
         results.append({"filename": name, "subfolder": subfolder, "type": kind})
         counter += 1
     return {"ui": {"images": results}}
@@ -166,15 +197,15 @@ def load_image_valid(paths, image: str):
 # -- latents -----------------------------------------------------------------------------------
 
 def save_latent(ctx: NodeContext, samples: dict, filename_prefix: str = "ComfyUI", prompt=None, extra_pnginfo=None):
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder, stem, counter, subfolder = save_path(filename_prefix, ctx.paths.type_dir("output"))
     texts = metadata_texts(ctx, prompt, extra_pnginfo)
     if texts is not None and "prompt" not in texts:
         texts["prompt"] = ""
-    name = f"{stem}_{counter:05}_.latent"
     tensors = {"latent_tensor": samples["samples"].contiguous(), "latent_format_version_0": torch.tensor([])}
-    save_file(tensors, str(folder / name), metadata=texts)
+    data = save(tensors, metadata=texts)
+    name, _ = write_new_file(folder, lambda c: f"{stem}_{c:05}_.latent", counter, lambda f: f.write(data))
     return {"ui": {"latents": [{"filename": name, "subfolder": subfolder, "type": "output"}]}}
 
 
