@@ -1,0 +1,148 @@
+"""The Wan 2.1 VAE (also Qwen-Image's VAE: same architecture), from the original Wan file layout.
+
+Files in the original layout (`encoder.downsamples.*`, `decoder.upsamples.*`, `encoder.middle.*`,
+`conv1`/`conv2`, RMS-norm `gamma`s) are converted with diffusers' `convert_wan_vae_to_diffusers` and
+run by diffusers' `AutoencoderKLWan`: a causal 3-D conv VAE that decodes latent frame by latent
+frame with causal caches (latent frame 0 -> 1 frame, each further one -> 4 frames) and encodes
+frames 1, 4, 4, ... the same way. Its decode matches ComfyUI's WanVAE to 123-131 dB PSNR on the
+reference run (wan21_64_euler, all 5 frames).
+
+Conventions follow ComfyUI's VAE nodes for video VAEs:
+  - decode: latent (B, 16, T, h, w) unscaled (after the latent format's process_out) -> images
+    (B*T', 8h, 8w, 3) in [0, 1], frames of each sample in order, T' = 1 + 4*(T-1); a Qwen-Image
+    latent (B, 16, 1, h, w) gives B images. A 4-D latent is read as one frame.
+  - encode: images (N, H, W, 3) are the N frames of one video (ComfyUI's VAEEncode on a video VAE),
+    cropped to a multiple of 8 -> latent mean (1, 16, 1 + (N-1)//4, H/8, W/8).
+  - decode_tiled: spatial tiles over all frames at once (time stays whole, so the causal caches see
+    every frame), blended like the image VAE's tiles.
+
+Usage (the VAE builder of `diffmesh.models.load`):
+    from diffmesh.models import vae_wan
+    if vae_wan.is_wan_vae(state_dict.keys()):
+        vae = vae_wan.build_wan_vae(state_dict, device, dtype)   # VAEModel: decode/encode/decode_tiled
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diffmesh.errors import ModelError
+from diffmesh.models.component import DeviceAndDtype
+
+MARKER = "decoder.middle.0.residual.0.gamma"            # ComfyUI keys its Wan VAE detection on this
+WAN22_MARKER = "decoder.upsamples.0.upsamples.0.residual.2.weight"
+LEVELS, RES_BLOCKS = 4, 2                               # the layout diffusers' converter maps
+
+
+def is_wan_vae(keys) -> bool:
+    """True for a Wan VAE file in the original layout (Wan 2.1 / Qwen-Image; also Wan 2.2, which
+    `build_wan_vae` refuses with a message)."""
+    keys = set(keys)
+    return MARKER in keys or "first_stage_model." + MARKER in keys
+
+
+def _strip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    prefix = "first_stage_model."
+    if any(k.startswith(prefix) for k in sd):
+        return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return dict(sd)
+
+
+def wan_vae_config(shapes: dict[str, tuple]) -> dict:
+    """AutoencoderKLWan arguments from an original-layout file's shapes."""
+    if WAN22_MARKER in shapes:
+        raise ModelError("this is a Wan 2.2 VAE (48 latent channels), which diffmesh does not run yet",
+                         where="VAELoader", fix="use the Wan 2.1 VAE (wan_2.1_vae.safetensors) for Wan 2.1 and Qwen-Image")
+    dim = shapes["encoder.conv1.weight"][0]
+    top = shapes["encoder.head.2.weight"][1]
+    if top != dim * 4 or f"decoder.upsamples.{(LEVELS - 1) * (RES_BLOCKS + 2)}.residual.0.gamma" not in shapes:
+        raise ModelError(f"unsupported Wan VAE layout (base width {dim}, top width {top})", where="VAELoader",
+                         fix="diffmesh reads the Wan 2.1 VAE layout: 4 levels (1, 2, 4, 4), 2 residual blocks each")
+    # the downsampling stages with a time_conv halve time: (False, True, True) in Wan 2.1
+    stages = [RES_BLOCKS + i * (RES_BLOCKS + 1) for i in range(LEVELS - 1)]
+    temporal = [f"encoder.downsamples.{s}.time_conv.weight" in shapes for s in stages]
+    return {"base_dim": dim, "z_dim": shapes["conv2.weight"][0], "dim_mult": [1, 2, 4, 4],
+            "num_res_blocks": RES_BLOCKS, "temperal_downsample": temporal}
+
+
+def build_wan_vae(state_dict: dict[str, torch.Tensor], device, dtype: torch.dtype) -> "WanVAE":
+    """A `WanVAE` (VAEModel protocol) from an original-layout state dict, built on the meta device and
+    given the file's tensors (no second copy on CPU in fp32)."""
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    sd = _strip(state_dict)
+    cfg = wan_vae_config({k: tuple(v.shape) for k, v in sd.items()})
+    with torch.device("meta"):
+        model = AutoencoderKLWan(**cfg)
+    missing, unexpected = model.load_state_dict(convert_wan_vae_to_diffusers(sd), strict=False, assign=True)
+    if missing or unexpected:
+        raise ModelError(f"Wan VAE weights do not fit: missing {list(missing)[:4]}, unexpected {list(unexpected)[:4]}",
+                         where="VAELoader", fix="the file is not a complete Wan 2.1 VAE")
+    model = nn.Module.to(model, device=torch.device(device), dtype=dtype)
+    model.eval().requires_grad_(False)
+    return WanVAE(model)
+
+
+class WanVAE(DeviceAndDtype, nn.Module):
+    """VAEModel over diffusers' AutoencoderKLWan; 5-D latents, frames flattened into the image batch."""
+
+    latent_channels = 16
+    downscale = 8
+    temporal_downscale = 4
+    latent_dimensions = 3
+
+    def __init__(self, autoencoder: nn.Module):
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.latent_channels = int(autoencoder.config.z_dim)
+
+    def _decode_raw(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, h, w) -> (B, 3, T', 8h, 8w) in [-1, 1], float32 on CPU."""
+        return self.autoencoder.decode(z.to(self.device, self.dtype)).sample.float().cpu()
+
+    @staticmethod
+    def _five_d(samples: torch.Tensor) -> torch.Tensor:
+        return samples.unsqueeze(2) if samples.ndim == 4 else samples
+
+    @staticmethod
+    def _to_images(out: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) in [-1, 1] -> (B*T, H, W, 3) in [0, 1]."""
+        img = ((out + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1)          # (B, T, H, W, 3)
+        return img.reshape(-1, *img.shape[2:]).contiguous()
+
+    @torch.no_grad()
+    def decode(self, samples: torch.Tensor) -> torch.Tensor:
+        return self._to_images(self._decode_raw(self._five_d(samples)))
+
+    @torch.no_grad()
+    def decode_tiled(self, samples: torch.Tensor, tile_size: int = 512, overlap: int = 64) -> torch.Tensor:
+        """VAEDecodeTiled: tile_size and overlap in pixels; spatial tiles, each over all frames."""
+        from diffmesh.models.vae import feathered_tiles
+
+        z = self._five_d(samples)
+        b, c, t, h, w = z.shape
+        frames = 1 + 4 * (t - 1)
+        if tile_size < overlap * 4:
+            overlap = tile_size // 4
+        tile, ov = max(1, tile_size // self.downscale), overlap // self.downscale
+
+        def decode_piece(piece: torch.Tensor) -> torch.Tensor:   # (1, C*T, th, tw) -> (1, 3*T', 8th, 8tw)
+            out = self._decode_raw(piece.reshape(1, c, t, *piece.shape[-2:]))
+            return out.reshape(1, 3 * frames, *out.shape[-2:])
+
+        flat = feathered_tiles(z.reshape(b, c * t, h, w), decode_piece, (tile, tile), ov, self.downscale, 3 * frames)
+        return self._to_images(flat.reshape(b, 3, frames, *flat.shape[-2:]))
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        d = self.downscale
+        h, w = pixels.shape[1], pixels.shape[2]
+        hh, ww = (h // d) * d, (w // d) * d
+        if (hh, ww) != (h, w):
+            y0, x0 = (h % d) // 2, (w % d) // 2                           # centered crop, as ComfyUI
+            pixels = pixels[:, y0:y0 + hh, x0:x0 + ww, :]
+        video = pixels[..., :3].movedim(-1, 0).unsqueeze(0)                 # (1, 3, N, H, W): images are frames
+        video = video.to(self.device, self.dtype) * 2.0 - 1.0
+        return self.autoencoder.encode(video).latent_dist.mean.float().cpu()
