@@ -99,3 +99,34 @@ def sd15_full_checkpoint() -> Path:
 
                 make_test_model("sd15", "full", out)
     return out
+
+
+# (family, part) -> file name the reference runs use (reference README, "DiT families")
+DIT_REFERENCE_FILES = {
+    ("flux", "model"): "flux1-dev-random.safetensors",
+    ("flux", "vae"): "flux-ae-random.safetensors",
+    ("zimage", "model"): "zimage-random.safetensors",
+    ("zimage", "vae"): "flux-ae-random.safetensors",
+    ("wan21", "model"): "wan21-t2v-tiny-random.safetensors",
+    ("wan21", "vae"): "wan21-vae-random.safetensors",
+    ("qwenimage", "model"): "qwenimage-1block-random.safetensors",
+}
+
+
+@pytest.fixture(scope="session")
+def dit_reference_weights(reference_dir):
+    """`get(family, part="model") -> Path`: the random-weight transformer/VAE files of the DiT
+    reference runs in .cache/dit/, written once by reference/make_dit_random.py (fp32, seed 0) when
+    missing. Only the files a test asks for are made (Z-Image's is 3.6 GB, about 30 s)."""
+    folder = CACHE_DIR / "dit"
+
+    def get(family: str, part: str = "model") -> Path:
+        out = folder / DIT_REFERENCE_FILES[(family, part)]
+        with _file_lock(CACHE_DIR / "dit.lock"):
+            if not out.exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                subprocess.run([sys.executable, str(reference_dir / "make_dit_random.py"), "--family", family,
+                                "--part", part, "--out", str(out)], check=True)
+        return out
+
+    return get
