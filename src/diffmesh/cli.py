@@ -20,7 +20,8 @@ DELEGATED = {
     "doctor": ("diffmesh.devices.cli", "report devices, memory and the settings that fit them"),
     "bench": ("diffmesh.benchmarks.cli", "run benchmarks (JSON output)"),
 }
-FAMILIES = ("sd1", "sd2", "sd2v", "sdxl", "sd15")
+FAMILIES = ("sd1", "sd2", "sd2v", "sdxl", "sd15", "flux", "flux-schnell", "flux-vae",
+            "clip_l", "t5xxl", "qwen3_4b", "qwen25_7b")
 
 
 def _error(message: str, code: int = 1) -> int:
@@ -66,7 +67,8 @@ def build_parser(delegated_modules: dict[str, Any], command: str | None = "run")
         run.add_argument("rest", nargs=argparse.REMAINDER)
     make = sub.add_parser("make-test-model", help="write a random-weight checkpoint for tests")
     make.add_argument("--family", required=True, choices=FAMILIES)
-    make.add_argument("--size", default="tiny", choices=("tiny", "full"))
+    make.add_argument("--size", default="tiny", choices=("tiny", "full", "reference"),
+                      help="tiny for tests; full (SD) or reference (DiT: the shapes of make_dit_random.py)")
     make.add_argument("--out", required=True, metavar="PATH", help="checkpoint file to write")
     for name, (_, help_text) in DELEGATED.items():
         child = sub.add_parser(name, help=help_text, add_help=name in delegated_modules)

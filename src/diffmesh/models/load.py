@@ -163,8 +163,13 @@ def build_unet(handle: ModelHandle, device: torch.device, dtype: torch.dtype, st
     base = store.derived((key, "unet"), lambda: _unet_base(handle, store, family))
     sd, _ = lora_mod.apply_loras(base["sd"], _lora_patches(handle, store), base["aliases"], "the UNet")
     unet = _materialize(lambda: UNet2DConditionModel(**base["config"]), sd, handle.path, device, dtype)
-    return UNetModel(unet, spec, ModelSampling(prediction_type=spec.prediction_type),
-                     latent_formats.for_family(family))
+    if handle.sampling is not None:                 # a ModelSampling* node on an SD model: flow sampling, as ComfyUI
+        from diffmesh.sampling.model_sampling import FlowModelSampling
+
+        sampling = FlowModelSampling(*handle.sampling)
+    else:
+        sampling = ModelSampling(prediction_type=spec.prediction_type)
+    return UNetModel(unet, spec, sampling, latent_formats.for_family(family))
 
 
 def _clip_base(handle: ModelHandle, store: WeightStore, index: int, te_spec: common.TextEncoderSpec) -> dict:
@@ -179,8 +184,11 @@ def _clip_base(handle: ModelHandle, store: WeightStore, index: int, te_spec: com
 def build_clip(handle: ModelHandle, device: torch.device, dtype: torch.dtype, store: WeightStore):
     from diffmesh.models.clip import CLIPTextModel
     from diffmesh.models.text_encoder import TextEncoder
+    from diffmesh.models.text.load import build_text_encoder, is_text_encoder_family
     from diffmesh.models.tokenizer import CLIPTokenizer
 
+    if is_text_encoder_family(handle.family):   # CLIPLoader / DualCLIPLoader types, transformer checkpoints
+        return build_text_encoder(handle, device, dtype, store)
     family = handle.family or detect.detect_family(handle.path)
     spec = family_spec(family)
     key = str(Path(handle.path).resolve())
@@ -199,7 +207,8 @@ def build_clip(handle: ModelHandle, device: torch.device, dtype: torch.dtype, st
 
 def _vae_base(handle: ModelHandle, store: WeightStore) -> dict:
     sd = store.state_dict(handle.path)
-    prefix = "first_stage_model." if any(k.startswith("first_stage_model.") for k in sd) else ""
+    # SD checkpoints: first_stage_model.; all-in-one Flux files (ComfyUI's vae_key_prefix): vae.
+    prefix = next((p for p in ("first_stage_model.", "vae.") if any(k.startswith(p) for k in sd)), "")
     ldm = common.strip_prefix(sd, prefix) if prefix else {k: v for k, v in sd.items()
                                                           if k.startswith(("encoder.", "decoder.", "quant_conv.",
                                                                            "post_quant_conv."))}
@@ -207,6 +216,8 @@ def _vae_base(handle: ModelHandle, store: WeightStore) -> dict:
         raise ModelError("no VAE in this file", where=handle.path,
                          fix="use a checkpoint with a baked-in VAE or load a VAE file with VAELoader")
     config = common.vae_config_from_shapes({k: tuple(v.shape) for k, v in ldm.items()})
+    if "quant_conv.weight" not in ldm:              # the Flux "ae" (16 channels) has no quant convs
+        config.update(use_quant_conv=False, use_post_quant_conv=False)
     return {"config": config, "sd": common.convert_vae(ldm, config)}
 
 
@@ -215,6 +226,10 @@ def build_vae(handle: ModelHandle, device: torch.device, dtype: torch.dtype, sto
 
     from diffmesh.models.vae import VAE
 
+    if detect.vae_kind(detect.read_shapes(handle.path)) == "wan21":   # Wan 2.1 / Qwen-Image causal 3-D VAE
+        from diffmesh.models.vae_wan import build_wan_vae
+
+        return build_wan_vae(store.state_dict(handle.path), device, dtype)
     base = store.derived((str(Path(handle.path).resolve()), "vae"), lambda: _vae_base(handle, store))
     return VAE(_materialize(lambda: AutoencoderKL(**base["config"]), base["sd"], handle.path, device, dtype))
 

@@ -99,9 +99,21 @@ def checkpoint_state_dict(family: str, size: str = "tiny", seed: int = 0,
 def make_test_model(family: str, size: str, out_path: str | os.PathLike, seed: int = 0) -> str:
     """Write one random checkpoint; the CLI's `make-test-model` calls this.
 
-    family: sd15|sd1, sd2, sd2v, sdxl; size: tiny|full. Full SD1.5 is fp16 with the LDM extra
+    family: sd15|sd1, sd2, sd2v, sdxl; size: tiny|full; or a DiT file of `models.dit.testfiles.FILES`
+    (flux, flux-schnell, flux-vae, ...) with size tiny|reference. Full SD1.5 is fp16 with the LDM extra
     buffers, byte-identical to `reference/make_sd15_random.py --variant full`; the rest is fp32."""
     out = str(out_path)
+    from diffmesh.models.text.testfiles import FAMILIES as TEXT_ENCODERS, make_text_encoder
+
+    if family in TEXT_ENCODERS:         # text encoders in ComfyUI's file layouts (clip_l, t5xxl, ...): tiny | full
+        return make_text_encoder(family, size, out, seed)
+    from diffmesh.models.dit.testfiles import FILES, make_dit_file
+
+    if family in FILES:                 # diffusion transformers and their VAEs: tiny | reference
+        if size not in ("tiny", "reference"):
+            raise ModelError(f"no {size!r} test model for {family!r}", where="make_test_model",
+                             fix="size tiny, or reference (the shapes of make_dit_random.py)")
+        return make_dit_file(family, size, out, seed)
     fam = FAMILY_ALIASES.get(family)
     if fam == "sd1" and size == "full":
         sd = checkpoint_state_dict("sd1", "full", seed, torch.float16)

@@ -65,9 +65,14 @@ def load_checkpoint(ctx: NodeContext, ckpt_name: str, device: str = "default"):
 
 
 def load_vae(ctx: NodeContext, vae_name: str, device: str = "default"):
+    from diffmesh.models.detect import read_shapes, vae_kind
+
     path = resolve_model(ctx, "vae", vae_name)
-    # A VAE-only file has no UNet keys to tell the family by; the SD VAE layout is shared.
-    return (ModelHandle(str(path), "vae", _family(path, fallback="sd1"), device=_placement(device)),)
+    # A VAE-only file has no UNet keys to tell the family by: the SD VAE layout is shared by the SD
+    # families; the 16-channel Flux "ae" serves Flux and Z-Image; the Wan 2.1 VAE Wan and Qwen-Image.
+    kind = vae_kind(read_shapes(path))
+    family = {"flux": "flux", "wan21": "wan21"}.get(kind) or _family(path, fallback="sd1")
+    return (ModelHandle(str(path), "vae", family, device=_placement(device)),)
 
 
 def load_lora(ctx: NodeContext, model: ModelHandle, clip: ModelHandle | None, lora_name: str,

@@ -24,10 +24,28 @@ SCHEDULER_NAMES = ("simple", "sgm_uniform", "karras", "exponential", "ddim_unifo
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
-def model_sampling_for(family: str):
-    """The sigma table of a model family (every SD family uses the scaled-linear 1000-step table)."""
-    from diffmesh.sampling.model_sampling import ModelSampling
+def model_sampling_for(model):
+    """The sigma table a MODEL samples with, built on the graph side exactly as its worker builds it.
 
+    `model` is a ModelHandle or a family id. A ModelSampling* node's override (`handle.sampling`)
+    wins; a diffusion transformer otherwise uses its family's default for that file (Flux dev:
+    ModelSamplingFlux with mu 1.15; schnell: flow shift 1); every SD family uses the scaled-linear
+    1000-step table."""
+    from diffmesh.models.dit import FAMILY_MODULES
+    from diffmesh.sampling.model_sampling import FlowModelSampling, ModelSampling
+
+    family = model if isinstance(model, str) else model.family
+    if not isinstance(model, str):
+        if model.sampling is not None:
+            return FlowModelSampling(*model.sampling)
+        if family in FAMILY_MODULES:
+            from diffmesh.models.dit.model import sampling_args
+
+            return FlowModelSampling(*sampling_args(model))
+    elif family in FAMILY_MODULES:
+        from diffmesh.models.dit import family as dit_family
+
+        return FlowModelSampling(*dit_family(family).sampling)
     return ModelSampling(prediction_type="v" if family == "sd2v" else "eps")
 
 
@@ -71,7 +89,7 @@ def ksampler(ctx: NodeContext, model, seed: int, steps: int, cfg: float, sampler
              positive: list, negative: list, latent_image: dict, denoise: float = 1.0):
     from diffmesh.sampling.schedules import ksampler_sigmas
 
-    sigmas = ksampler_sigmas(model_sampling_for(model.family), scheduler, sampler_name, steps, denoise)
+    sigmas = ksampler_sigmas(model_sampling_for(model), scheduler, sampler_name, steps, denoise)
     return run_sampler(ctx, model, seed, cfg, sampler_name, positive, negative, latent_image, sigmas)
 
 
@@ -80,7 +98,7 @@ def ksampler_advanced(ctx: NodeContext, model, add_noise: str, noise_seed: int, 
                       start_at_step: int, end_at_step: int, return_with_leftover_noise: str):
     from diffmesh.sampling.schedules import advanced_sigmas
 
-    sigmas = advanced_sigmas(model_sampling_for(model.family), scheduler, sampler_name, steps,
+    sigmas = advanced_sigmas(model_sampling_for(model), scheduler, sampler_name, steps,
                              start_at_step, end_at_step, return_with_leftover_noise != "enable")
     return run_sampler(ctx, model, noise_seed, cfg, sampler_name, positive, negative, latent_image, sigmas,
                        add_noise=add_noise != "disable")
