@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .samplers_k import _cb, get_ancestral_step, to_d
+from .samplers_k import _cb, get_ancestral_step, half_log_snr, is_flow, to_d
 
 
 def _want_uncond(model) -> None:
@@ -18,6 +18,7 @@ def sample_euler_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=No
                                   eta=1.0, s_noise=1.0):
     """CFG++ (Chung et al. 2024): step with the guided x0 but renoise along the uncond direction."""
     _want_uncond(model)
+    flow = is_flow(model)
     s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
@@ -26,8 +27,8 @@ def sample_euler_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=No
         if sigmas[i + 1] == 0:
             x = denoised
             continue
-        alpha_s = sigmas[i] * sigmas[i].log().neg().exp()
-        alpha_t = sigmas[i + 1] * sigmas[i + 1].log().neg().exp()
+        alpha_s = sigmas[i] * half_log_snr(sigmas[i], flow).exp()      # 1 for eps models, 1 - sigma for flow
+        alpha_t = sigmas[i + 1] * half_log_snr(sigmas[i + 1], flow).exp()
         d = to_d(x, sigmas[i], alpha_s * uncond_denoised)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i] / alpha_s, sigmas[i + 1] / alpha_t, eta=eta)
         sigma_down = alpha_t * sigma_down

@@ -20,6 +20,43 @@ def get_ancestral_step(sigma_from, sigma_to, eta=1.0):
     return sigma_down, sigma_up
 
 
+def is_flow(model) -> bool:
+    """True for rectified-flow models (ComfyUI's CONST sampling): x_sigma = (1 - sigma) x0 + sigma noise."""
+    return model.model_sampling.prediction_type == "flow"
+
+
+def half_log_snr(sigma, flow: bool):
+    """lambda = log(alpha / sigma): -log sigma for the VE/eps space, logit(1 - sigma) for flow models.
+    Exponential-integrator samplers step in lambda, so this is where the model type enters them."""
+    return sigma.logit().neg() if flow else sigma.log().neg()
+
+
+def sigma_of_half_log_snr(lam, flow: bool):
+    """Inverse of `half_log_snr`."""
+    return lam.neg().sigmoid() if flow else lam.neg().exp()
+
+
+def offset_first_sigma(sigmas, model_sampling, percent=1e-4):
+    """A flow schedule starting at sigma 1 has lambda = -inf there; start at percent 1e-4 instead (as ComfyUI)."""
+    if len(sigmas) <= 1:
+        return sigmas
+    if model_sampling.prediction_type == "flow" and sigmas[0] >= 1:
+        sigmas = sigmas.clone()
+        sigmas[0] = model_sampling.percent_to_sigma(percent)
+    return sigmas
+
+
+def rf_ancestral_step(sigma, sigma_next, eta):
+    """Ancestral split for flow models: deterministic step to sigma_down, then scale by
+    alpha_next / alpha_down and add noise of size renoise so the marginal is that of sigma_next."""
+    downstep_ratio = 1 + (sigma_next / sigma - 1) * eta
+    sigma_down = sigma_next * downstep_ratio
+    alpha_ip1 = 1 - sigma_next
+    alpha_down = 1 - sigma_down
+    renoise = (sigma_next ** 2 - sigma_down ** 2 * alpha_ip1 ** 2 / alpha_down ** 2) ** 0.5
+    return sigma_down, alpha_ip1 / alpha_down, renoise
+
+
 def _cb(callback, x, i, sigma, denoised, sigma_hat=None):
     if callback is not None:
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma if sigma_hat is None else sigma_hat,
@@ -40,7 +77,10 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, noise_sampler
 
 @torch.no_grad()
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta=1.0, s_noise=1.0):
-    """Euler steps to sigma_down plus fresh noise to sigma_{i+1} (Song et al. 2021 ancestral sampling)."""
+    """Euler steps to sigma_down plus fresh noise to sigma_{i+1} (Song et al. 2021 ancestral sampling).
+    Flow models take the rectified-flow form of the same split (ComfyUI's euler_ancestral_RF)."""
+    if is_flow(model):
+        return _sample_euler_ancestral_rf(model, x, sigmas, callback, noise_sampler, eta, s_noise)
     s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
@@ -52,6 +92,22 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, noi
             d = to_d(x, sigmas[i], denoised)
             dt = sigma_down - sigmas[i]
             x = x + d * dt + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+    return x
+
+
+def _sample_euler_ancestral_rf(model, x, sigmas, callback, noise_sampler, eta, s_noise):
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        _cb(callback, x, i, sigmas[i], denoised)
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        sigma_down, alpha_ratio, renoise = rf_ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        ratio = sigma_down / sigmas[i]
+        x = ratio * x + (1 - ratio) * denoised
+        if eta > 0:
+            x = alpha_ratio * x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * renoise
     return x
 
 
@@ -100,11 +156,15 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, noise_sampler
 
 @torch.no_grad()
 def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta=1.0, s_noise=1.0):
-    """DPM-Solver-2 steps to sigma_down plus ancestral noise."""
+    """DPM-Solver-2 steps to sigma_down plus ancestral noise (the rectified-flow split on flow models)."""
+    flow = is_flow(model)
     s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
-        sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
+        if flow:
+            sigma_down, alpha_ratio, sigma_up = rf_ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        else:
+            sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
         _cb(callback, x, i, sigmas[i], denoised)
         d = to_d(x, sigmas[i], denoised)
         if sigma_down == 0:
@@ -117,7 +177,10 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, noi
             denoised_2 = model(x_2, sigma_mid * s_in)
             d_2 = to_d(x_2, sigma_mid, denoised_2)
             x = x + d_2 * dt_2
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+            if flow:
+                x = alpha_ratio * x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+            else:
+                x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
 
@@ -165,6 +228,8 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, noise_sampler=N
 @torch.no_grad()
 def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta=1.0, s_noise=1.0):
     """DPM-Solver++(2S) single-step second order (Lu et al. 2022b) with ancestral noise."""
+    if is_flow(model):
+        return _sample_dpmpp_2s_ancestral_rf(model, x, sigmas, callback, noise_sampler, eta, s_noise)
     s_in = x.new_ones([x.shape[0]])
 
     def sigma_fn(t):
@@ -193,30 +258,59 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
     return x
 
 
-@torch.no_grad()
-def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta=1.0, s_noise=1.0, r=1 / 2):
-    """DPM-Solver++ stochastic, two stages per step, Brownian-tree noise (k-diffusion)."""
-    if len(sigmas) <= 1:
-        return x
+def _sample_dpmpp_2s_ancestral_rf(model, x, sigmas, callback, noise_sampler, eta, s_noise):
+    """DPM-Solver++(2S) for flow models: the midpoint in lambda = log((1 - sigma) / sigma), both
+    stages as x0-interpolations (the flow ODE's exact form for a constant x0)."""
     s_in = x.new_ones([x.shape[0]])
 
     def sigma_fn(lam):
-        return lam.neg().exp()
+        return (lam.exp() + 1) ** -1
 
     def lambda_fn(sigma):
-        return sigma.log().neg()
+        return ((1 - sigma) / sigma).log()
 
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        sigma_down, alpha_ratio, renoise = rf_ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        _cb(callback, x, i, sigmas[i], denoised)
+        if sigmas[i + 1] == 0:
+            x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
+        else:
+            if sigmas[i] == 1.0:
+                sigma_s = 0.9999      # lambda(1) = -inf: ComfyUI's stand-in midpoint
+            else:
+                t_i, t_down = lambda_fn(sigmas[i]), lambda_fn(sigma_down)
+                sigma_s = sigma_fn(t_i + 0.5 * (t_down - t_i))
+            ratio_s = sigma_s / sigmas[i]
+            u = ratio_s * x + (1 - ratio_s) * denoised
+            denoised_2 = model(u, sigma_s * s_in)
+            ratio_down = sigma_down / sigmas[i]
+            x = ratio_down * x + (1 - ratio_down) * denoised_2
+        if sigmas[i + 1] > 0 and eta > 0:
+            x = alpha_ratio * x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * renoise
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta=1.0, s_noise=1.0, r=1 / 2):
+    """DPM-Solver++ stochastic, two stages per step, Brownian-tree noise (k-diffusion); steps in
+    half-log-SNR, so flow models get their own lambda and a first sigma below 1."""
+    if len(sigmas) <= 1:
+        return x
+    s_in = x.new_ones([x.shape[0]])
+    flow = is_flow(model)
+    sigmas = offset_first_sigma(sigmas, model.model_sampling)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
         _cb(callback, x, i, sigmas[i], denoised)
         if sigmas[i + 1] == 0:
             x = denoised
             continue
-        lambda_s, lambda_t = lambda_fn(sigmas[i]), lambda_fn(sigmas[i + 1])
+        lambda_s, lambda_t = half_log_snr(sigmas[i], flow), half_log_snr(sigmas[i + 1], flow)
         h = lambda_t - lambda_s
         lambda_s_1 = lambda_s + r * h
         fac = 1 / (2 * r)
-        sigma_s_1 = sigma_fn(lambda_s_1)
+        sigma_s_1 = sigma_of_half_log_snr(lambda_s_1, flow)
         alpha_s = sigmas[i] * lambda_s.exp()
         alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
         alpha_t = sigmas[i + 1] * lambda_t.exp()
@@ -267,11 +361,11 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, noise_samp
     return x
 
 
-def _sde_first_order_step(x, sigma, sigma_next, denoised, eta):
-    """First-order DPM-Solver++ SDE step in log-sigma time (Lu et al. 2022b). Both the 2M and the 3M
+def _sde_first_order_step(x, sigma, sigma_next, denoised, eta, flow):
+    """First-order DPM-Solver++ SDE step in half-log-SNR time (Lu et al. 2022b). Both the 2M and the 3M
     SDE sampler start from it and add their multistep corrections, so it is written once; h, h_eta and
     alpha_t come back because those corrections and `_sde_add_noise` reuse them."""
-    lambda_s, lambda_t = sigma.log().neg(), sigma_next.log().neg()
+    lambda_s, lambda_t = half_log_snr(sigma, flow), half_log_snr(sigma_next, flow)
     h = lambda_t - lambda_s
     h_eta = h * (eta + 1)
     alpha_t = sigma_next * lambda_t.exp()
@@ -296,6 +390,8 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, noise_
     if solver_type not in {"heun", "midpoint"}:
         raise ValueError("solver_type must be 'heun' or 'midpoint'")
     s_in = x.new_ones([x.shape[0]])
+    flow = is_flow(model)
+    sigmas = offset_first_sigma(sigmas, model.model_sampling)
     old_denoised, h, h_last = None, None, None
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
@@ -303,7 +399,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, noise_
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            x, h, h_eta, alpha_t = _sde_first_order_step(x, sigmas[i], sigmas[i + 1], denoised, eta)
+            x, h, h_eta, alpha_t = _sde_first_order_step(x, sigmas[i], sigmas[i + 1], denoised, eta, flow)
             if old_denoised is not None:
                 r = h_last / h
                 if solver_type == "heun":
@@ -322,6 +418,8 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, noise_
     if len(sigmas) <= 1:
         return x
     s_in = x.new_ones([x.shape[0]])
+    flow = is_flow(model)
+    sigmas = offset_first_sigma(sigmas, model.model_sampling)
     denoised_1, denoised_2 = None, None
     h, h_1, h_2 = None, None, None
     for i in range(len(sigmas) - 1):
@@ -330,7 +428,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, noise_
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            x, h, h_eta, alpha_t = _sde_first_order_step(x, sigmas[i], sigmas[i + 1], denoised, eta)
+            x, h, h_eta, alpha_t = _sde_first_order_step(x, sigmas[i], sigmas[i + 1], denoised, eta, flow)
             if h_2 is not None:
                 r0 = h_1 / h
                 r1 = h_2 / h
