@@ -95,12 +95,13 @@ def create_app(runtime: Any, server_config: ServerConfig, paths: Any = None) -> 
 
 def _install_routes(app: FastAPI) -> None:
     from diffmesh.server import frontend
-    from diffmesh.server.routes import files, internal, nodes, queue, system, users, websocket
+    from diffmesh.server.routes import files, internal, jobs, nodes, queue, system, users, websocket
 
     for module in (queue, nodes, files, system, users):
         router = module.router()
         app.include_router(router)
         app.include_router(router, prefix="/api")
+    app.include_router(jobs.router(), prefix="/api")
     app.include_router(internal.router(), prefix="/internal")
     app.include_router(system.templates_router())
     ws_router = websocket.router()

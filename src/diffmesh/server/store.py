@@ -6,6 +6,10 @@ row is still `running`, and `recover` turns rows left `running` by a dead server
 `pending` at start-up. Several prompts may be `running` at once (one per leased worker); each
 moves on its own. Priority numbers come from a persisted counter, so they keep increasing
 across restarts (the frontend sorts and reconciles its queue by them, spec §9.4).
+
+Each history row also keeps its job (`diffmesh.server.jobs`) in list form and the columns the
+jobs API filters and sorts by (status, create time, duration), with indexes, so `/api/jobs`
+pages through 100,000 entries without parsing them.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HISTORY_CAP = 10000
+from diffmesh.server import jobs as jobmod
+
+HISTORY_CAP = 10000     # entries kept, as ComfyUI's MAXIMUM_HISTORY_SIZE
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -41,6 +47,16 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+"""
+
+# Columns of `history` the jobs API reads (added to databases written before it existed).
+_JOB_COLUMNS = {"status": "TEXT", "create_time": "INTEGER", "duration": "INTEGER", "workflow_id": "TEXT",
+                "job": "TEXT"}
+_JOB_INDEXES = """
+CREATE INDEX IF NOT EXISTS history_created ON history (create_time, seq);
+CREATE INDEX IF NOT EXISTS history_status_created ON history (status, create_time, seq);
+CREATE INDEX IF NOT EXISTS history_duration ON history (duration, seq);
+CREATE INDEX IF NOT EXISTS history_status_duration ON history (status, duration, seq);
 """
 
 
@@ -67,14 +83,29 @@ class DuplicatePromptId(ValueError):
 class QueueStore:
     """Thread-safe queue + history on one SQLite connection guarded by a lock."""
 
-    def __init__(self, db_path: str | Path):
+    def __init__(self, db_path: str | Path, history_cap: int = HISTORY_CAP):
         self.path = Path(db_path)
+        self.history_cap = history_cap
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_job_columns()
+
+    def _add_job_columns(self) -> None:
+        """Adds the jobs columns to an older database and fills them from its entries."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(history)")}
+        missing = [name for name in _JOB_COLUMNS if name not in have]
+        for name in missing:
+            self._db.execute(f"ALTER TABLE history ADD COLUMN {name} {_JOB_COLUMNS[name]}")
+        if missing:
+            rows = self._db.execute("SELECT prompt_id, entry FROM history").fetchall()
+            self._tx_unlocked(lambda: [self._db.execute(
+                "UPDATE history SET status = ?, create_time = ?, duration = ?, workflow_id = ?, job = ?"
+                " WHERE prompt_id = ?", (*_job_columns(pid, json.loads(entry)), pid)) for pid, entry in rows])
+        self._db.executescript(_JOB_INDEXES)
 
     def close(self) -> None:
         with self._lock:
@@ -84,14 +115,17 @@ class QueueStore:
 
     def _tx(self, fn, *args):
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(*args)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            return result
+            return self._tx_unlocked(fn, *args)
+
+    def _tx_unlocked(self, fn, *args):
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(*args)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return result
 
     def _next_number(self, front: bool) -> int:
         row = self._db.execute("SELECT value FROM counters WHERE name = 'number'").fetchone()
@@ -148,12 +182,40 @@ class QueueStore:
                                     (prompt_id,)).rowcount
             if gone != 1:
                 return False
-            self._db.execute("INSERT INTO history (prompt_id, entry) VALUES (?, ?)",
-                             (prompt_id, json.dumps(entry, default=str)))
-            self._db.execute("DELETE FROM history WHERE seq <= (SELECT MAX(seq) FROM history) - ?", (HISTORY_CAP,))
+            self._insert_history(prompt_id, entry)
             return True
 
         return self._tx(done)
+
+    def cancel_pending(self, prompt_id: str) -> bool:
+        """Pending → history as a cancelled entry (ComfyUI's shape of an interrupted prompt: status
+        `error` with an `execution_interrupted` message), atomically; False if it was not pending."""
+
+        def cancel() -> bool:
+            row = self._db.execute("SELECT number, prompt_id, prompt, extra_data, outputs, sensitive FROM queue"
+                                   " WHERE prompt_id = ? AND state = 'pending'", (prompt_id,)).fetchone()
+            if row is None:
+                return False
+            self._db.execute("DELETE FROM queue WHERE prompt_id = ?", (prompt_id,))
+            message = ["execution_interrupted", {"prompt_id": prompt_id, "node_id": None, "node_type": None,
+                                                 "executed": [], "timestamp": int(time.time() * 1000)}]
+            self._insert_history(prompt_id, history_entry(_item(row), "error", False, [message], {}, {}))
+            return True
+
+        return self._tx(cancel)
+
+    def add_history(self, entries: list[tuple[str, dict]]) -> None:
+        """Writes finished entries directly (imports, benchmarks), in one transaction."""
+        self._tx(lambda: [self._insert_history(pid, entry) for pid, entry in entries])
+
+    def _insert_history(self, prompt_id: str, entry: dict) -> None:
+        text = json.dumps(entry, default=str)
+        self._db.execute(
+            "INSERT INTO history (prompt_id, entry, status, create_time, duration, workflow_id, job)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)", (prompt_id, text, *_job_columns(prompt_id, json.loads(text))))
+        if self.history_cap is not None:
+            self._db.execute("DELETE FROM history WHERE seq <= (SELECT MAX(seq) FROM history) - ?",
+                             (self.history_cap,))
 
     def items(self, state: str) -> list[QueueItem]:
         with self._lock:
@@ -204,12 +266,111 @@ class QueueStore:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM history").fetchone()[0]
 
+    # -- jobs (the /api/jobs view of queue and history) ---------------------------------------
+
+    def jobs(self, statuses=jobmod.ALL_STATUSES, workflow_id: str | None = None, sort_by: str = "created_at",
+             descending: bool = True, limit: int | None = None, offset: int = 0) -> tuple[list[dict], int]:
+        """One page of jobs and the number of all that match. Queue rows (few) and history rows are
+        merged by SQLite in sort order: each side is read along an index, so a page costs its
+        offset in index steps and never parses an entry outside the page."""
+        parts = _job_selects(statuses, workflow_id, sort_by)
+        if not parts:
+            return [], 0
+        args = [a for _, part_args in parts for a in part_args]
+        offset = max(0, offset)
+        with self._lock:
+            total = sum(self._db.execute(f"SELECT COUNT(*) FROM ({p})", a).fetchone()[0] for p, a in parts)
+            count = max(0, total - offset) if limit is None else max(0, min(limit, total - offset))
+            # A page past the middle is read from the other end: the last page costs what the first does.
+            backwards = count > 0 and offset + count / 2 > total / 2
+            way = "DESC" if descending != backwards else "ASC"
+            sql = " UNION ALL ".join(p for p, _ in parts) + f" ORDER BY 3 {way}, 4 {way}, 1 {way}, 2 {way} LIMIT ? OFFSET ?"
+            start = total - offset - count if backwards else offset
+            rows = self._db.execute(sql, (*args, count, start)).fetchall()
+            return self._page_jobs(rows[::-1] if backwards else rows), total
+
+    def _page_jobs(self, rows: list[tuple]) -> list[dict]:
+        history_refs = [ref for src, ref, *_ in rows if src == 1]
+        queue_ids = [ref for src, ref, *_ in rows if src == 0]
+        found: dict[Any, dict] = {}
+        for chunk in _chunks(history_refs):
+            marks = ",".join("?" * len(chunk))
+            for seq, job in self._db.execute(f"SELECT seq, job FROM history WHERE seq IN ({marks})", chunk):
+                found[seq] = json.loads(job)
+        for chunk in _chunks(queue_ids):
+            marks = ",".join("?" * len(chunk))
+            for row in self._db.execute("SELECT number, prompt_id, prompt, extra_data, outputs, sensitive, state"
+                                        f" FROM queue WHERE prompt_id IN ({marks})", chunk):
+                status = jobmod.IN_PROGRESS if row[6] == "running" else jobmod.PENDING
+                found[row[1]] = jobmod.queue_job(_item(row[:6]).as_wire(), status)
+        return [found[ref] for _, ref, *_ in rows if ref in found]
+
+    def job(self, prompt_id: str) -> dict | None:
+        """One job with its details (outputs, execution status, workflow), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT number, prompt_id, prompt, extra_data, outputs, sensitive, state"
+                                   " FROM queue WHERE prompt_id = ?", (prompt_id,)).fetchone()
+            entry = None if row else self._db.execute("SELECT entry FROM history WHERE prompt_id = ?",
+                                                      (prompt_id,)).fetchone()
+        if row:
+            status = jobmod.IN_PROGRESS if row[6] == "running" else jobmod.PENDING
+            return jobmod.queue_job(_item(row[:6]).as_wire(), status, detail=True)
+        return jobmod.history_job(prompt_id, json.loads(entry[0]), detail=True) if entry else None
+
+    def state_of(self, prompt_id: str) -> str | None:
+        """`pending`, `running`, `done` (in history) or None (unknown id)."""
+        with self._lock:
+            row = self._db.execute("SELECT state FROM queue WHERE prompt_id = ?", (prompt_id,)).fetchone()
+            if row:
+                return row[0]
+            done = self._db.execute("SELECT 1 FROM history WHERE prompt_id = ?", (prompt_id,)).fetchone()
+        return "done" if done else None
+
     def delete_history(self, prompt_ids: list[str] | None = None) -> int:
         if prompt_ids is None:
             return self._tx(lambda: self._db.execute("DELETE FROM history").rowcount)
         ids = [str(p) for p in prompt_ids]
         return self._tx(lambda: sum(self._db.execute(
             "DELETE FROM history WHERE prompt_id = ?", (p,)).rowcount for p in ids))
+
+
+def _job_selects(statuses, workflow_id: str | None, sort_by: str) -> list[tuple[str, list]]:
+    """The queue and history SELECTs of a jobs query, each with its parameters. Columns: source
+    (0 queue, 1 history), reference (queue: prompt id; history: seq), sort key, order within the
+    source. The history SELECT reads only columns of one index (seq is in every index), so
+    walking past an offset never touches the table."""
+    parts = []
+    states = [jobmod.QUEUE_STATES[s] for s in statuses if s in jobmod.QUEUE_STATES]
+    if states:
+        where, args = f"state IN ({','.join('?' * len(states))})", list(states)
+        if workflow_id is not None:
+            where, args = f"{where} AND json_extract(extra_data, '$.extra_pnginfo.workflow.id') = ?", [*args, workflow_id]
+        key = "COALESCE(CAST(json_extract(extra_data, '$.create_time') AS INTEGER), 0)" if sort_by == "created_at" else "0"
+        parts.append((f"SELECT 0, prompt_id, {key}, number FROM queue WHERE {where}", args))
+    done = [s for s in statuses if s in jobmod.HISTORY_STATUSES]
+    if done:
+        # All three statuses: no condition, so the (key, seq) index serves. Fewer: one SELECT per
+        # status along its (status, key, seq) range, merged like the rest (an IN list would sort).
+        conditions = [("1", [])] if len(set(done)) == len(jobmod.HISTORY_STATUSES) else [
+            ("status = ?", [status]) for status in dict.fromkeys(done)]
+        key = "create_time" if sort_by == "created_at" else "duration"
+        for where, args in conditions:
+            if workflow_id is not None:
+                where, args = f"{where} AND workflow_id = ?", [*args, workflow_id]
+            parts.append((f"SELECT 1, seq, {key}, seq FROM history WHERE {where}", args))
+    return parts
+
+
+def _chunks(ids: list[str], size: int = 500):
+    for i in range(0, len(ids), size):
+        yield ids[i:i + size]
+
+
+def _job_columns(prompt_id: str, entry: dict) -> tuple:
+    """(status, create_time, duration, workflow_id, job JSON) of a history entry."""
+    job = jobmod.history_job(prompt_id, entry)
+    return (job["status"], int(job.get("create_time") or 0), jobmod.duration(job), job.get("workflow_id"),
+            json.dumps(job, default=str))
 
 
 def _item(row: tuple) -> QueueItem:

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from diffmesh.server.jobs import is_canonical_id
 from diffmesh.server.routes.common import fail, query_int, read_json, state
 from diffmesh.server.store import DuplicatePromptId
 
@@ -48,6 +49,13 @@ async def post_prompt(request: Request):
     if "prompt" not in body:
         return _prompt_error("no_prompt", "No prompt provided", "No prompt provided")
     prompt = body["prompt"]
+    prompt_id = body.get("prompt_id")
+    if prompt_id is None:                      # absent or null: the server picks the id
+        prompt_id = str(uuid.uuid4())
+    elif not is_canonical_id(prompt_id):       # ids are compared verbatim everywhere (spec: jobs API)
+        return _prompt_error("invalid_prompt_id", "prompt_id must be a valid UUID",
+                             "prompt_id must be a UUID string in canonical lowercase hyphenated form; "
+                             "omit it to let the server generate one")
     if not isinstance(prompt, dict):
         return _prompt_error("invalid_prompt", "The prompt must be a JSON object of node id → node",
                              f"got {type(prompt).__name__}")
@@ -59,7 +67,6 @@ async def post_prompt(request: Request):
     valid, error, outputs, node_errors = await asyncio.to_thread(_validate, runtime.executor, prompt, targets)
     if not valid:
         return JSONResponse({"error": error, "node_errors": node_errors or {}}, status_code=400)
-    prompt_id = str(body.get("prompt_id") or uuid.uuid4())
     extra_data = dict(extra_data)
     sensitive = {k: extra_data.pop(k) for k in SENSITIVE_KEYS if k in extra_data}
     if body.get("client_id"):
