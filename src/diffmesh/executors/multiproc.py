@@ -3,8 +3,14 @@
 Worker hygiene (after vLLM's multiprocess executor):
 - start handshake: a child answers "ready" with its pid, device and thread budget, or a start
   error as data; `start()` waits for every child (bounded by `start_timeout`).
+- fail safe start: a child that fails to start (or is not ready within `start_timeout`) stops the
+  whole start-up: every child is stopped and `start()` raises that child's error, one message.
 - liveness watch: a reader thread per child notices EOF on its pipe the moment the child exits;
-  the calls it held fail with `WorkerDied` and a replacement child is started. A heartbeat,
+  the calls it held fail with `WorkerDied` and, if the child had become ready, a replacement is
+  started: at once the first time, then after a delay that doubles (`restart_backoff_s`, at most
+  `MAX_RESTART_DELAY_S`); after `max_restarts` restarts within `restart_window_s` the worker is
+  given up and calls to it fail at once with the reason. A child that dies before it was ready
+  (a replacement that cannot start) is not restarted: it would fail the same way. A heartbeat,
   answered by the child's reader thread even during a long call, catches a child that is alive
   but stuck (stopped, deadlocked outside Python): after `hang_timeout_s` without an answer it is
   killed and treated as dead. The child in turn exits when the parent dies (pipe EOF, and a
@@ -34,6 +40,7 @@ from diffmesh.executors.remote import WorkerStartError, dumps, error_from_data, 
 log = logging.getLogger("diffmesh.executors.multiproc")
 
 DEFAULT_WORKER_CLASS = "diffmesh.executors.worker:Worker"
+MAX_RESTART_DELAY_S = 30.0
 
 
 class _Child:
@@ -64,7 +71,8 @@ class _Child:
 class MultiProcessExecutor(Executor):
     def __init__(self, specs: list[WorkerSpec], *, start_timeout: float = 120.0, restart: bool = True,
                  worker_class: str = DEFAULT_WORKER_CLASS, heartbeat_s: float = 5.0,
-                 hang_timeout_s: float = 300.0, **options: Any):
+                 hang_timeout_s: float = 300.0, restart_backoff_s: float = 1.0, max_restarts: int = 5,
+                 restart_window_s: float = 600.0, **options: Any):
         self.specs = list(specs)
         self.start_timeout = start_timeout
         self.restart = restart
@@ -75,15 +83,25 @@ class MultiProcessExecutor(Executor):
         self._ids = itertools.count(1)
         self._closing = False
         self.restarts: dict[int, int] = {s.worker_id: 0 for s in self.specs}
+        self.restart_delays: dict[int, list[float]] = {s.worker_id: [] for s in self.specs}
+        self.restart_backoff_s = restart_backoff_s
+        self.max_restarts = max_restarts
+        self.restart_window_s = restart_window_s
+        self._restart_times: dict[int, list[float]] = {s.worker_id: [] for s in self.specs}
+        self._given_up: dict[int, str] = {}          # worker id -> why it is not restarted any more
         self.heartbeat_s = heartbeat_s
         self.hang_timeout_s = hang_timeout_s
         self._stopped = threading.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
+        """Start every child and wait until all are ready. The first that fails (or times out) stops
+        the start-up: every child is stopped, none is restarted, and its error is raised."""
         children = [self._spawn(spec) for spec in self.specs]
-        for child in children:
-            self._await_ready(child)
+        failure = self._first_start_failure(children)
+        if failure is not None:
+            self.shutdown(timeout=5.0)
+            raise failure
         if self.heartbeat_s > 0:
             threading.Thread(target=self._watch, daemon=True, name="diffmesh-liveness").start()
 
@@ -118,6 +136,22 @@ class MultiProcessExecutor(Executor):
         threading.Thread(target=self._read_loop, args=(child,), daemon=True,
                          name=f"diffmesh-reader-{spec.worker_id}").start()
         return child
+
+    def _first_start_failure(self, children: list[_Child]) -> Exception | None:
+        """Wait for every child's handshake; the first start error (or timeout), else None."""
+        deadline = time.monotonic() + self.start_timeout
+        waiting = list(children)
+        while waiting:
+            for child in [c for c in waiting if c.ready.is_set()]:
+                if child.start_error is not None:
+                    return child.start_error
+                waiting.remove(child)
+            if waiting and time.monotonic() > deadline:
+                return WorkerStartError(f"no ready message within {self.start_timeout:.0f} s", where=waiting[0].label,
+                                        fix="check the worker's log above; raise the start timeout on slow machines")
+            if waiting:
+                waiting[0].ready.wait(0.05)
+        return None
 
     def _await_ready(self, child: _Child) -> None:
         if not child.ready.wait(self.start_timeout):
@@ -195,6 +229,7 @@ class MultiProcessExecutor(Executor):
                 entry[0].set_exception(error_from_data(message[2]))
 
     def _on_exit(self, child: _Child) -> None:
+        was_ready = child.ready.is_set() and child.start_error is None
         child.dead = True
         child.process.join(5.0)
         code = child.process.exitcode
@@ -205,15 +240,45 @@ class MultiProcessExecutor(Executor):
         self._fail_pending(child, f"the process exited with code {code}")
         if self._closing or not self.restart:
             return
-        log.warning("%s exited with code %s; starting a replacement", child.label, code)
+        if not was_ready:          # it would fail the same way again: stop here, and say why
+            self._give_up(child.spec.worker_id, f"its process could not start ({child.start_error})")
+            return
+        delay = self._restart_delay(child.spec.worker_id)
+        if delay is None:
+            self._give_up(child.spec.worker_id, f"gave up after {self.max_restarts} restarts within "
+                                                f"{self.restart_window_s:.0f} s")
+            return
+        log.warning("%s exited with code %s; starting a replacement in %.1f s", child.label, code, delay)
         self.restarts[child.spec.worker_id] += 1
-        threading.Thread(target=self._replace, args=(child.spec,), daemon=True).start()
+        self.restart_delays[child.spec.worker_id].append(delay)
+        threading.Thread(target=self._replace, args=(child.spec, delay), daemon=True).start()
 
-    def _replace(self, spec: WorkerSpec) -> None:
+    def _restart_delay(self, worker_id: int) -> float | None:
+        """Seconds to wait before the next restart (0, then doubling), or None past the cap."""
+        now = time.monotonic()
+        recent = [t for t in self._restart_times[worker_id] if now - t < self.restart_window_s]
+        if len(recent) >= self.max_restarts:
+            return None
+        self._restart_times[worker_id] = recent + [now]
+        if not recent:
+            return 0.0
+        return min(self.restart_backoff_s * 2 ** (len(recent) - 1), MAX_RESTART_DELAY_S)
+
+    def _give_up(self, worker_id: int, why: str) -> None:
+        log.error("worker %s is not restarted: %s; its calls fail until the server restarts", worker_id, why)
+        with self._swap:
+            self._given_up[worker_id] = why
+            self._swap.notify_all()
+
+    def _replace(self, spec: WorkerSpec, delay: float) -> None:
+        if delay > 0 and self._stopped.wait(delay):
+            return                                   # shut down during the wait
+        if self._closing:
+            return
         try:
             self._await_ready(self._spawn(spec))
-        except Exception:  # noqa: BLE001 - logged; calls to this worker then fail with WorkerDied
-            log.exception("could not restart worker %s", spec.worker_id)
+        except Exception as exc:  # noqa: BLE001 - its exit gives up the worker; calls then say why
+            log.error("could not restart worker %s: %s", spec.worker_id, exc)
 
     def _fail_pending(self, child: _Child, why: str) -> None:
         while child.pending:
@@ -228,8 +293,12 @@ class MultiProcessExecutor(Executor):
         """The worker's current process, waiting for a replacement to come up if it just died."""
         with self._swap:
             ok = self._swap.wait_for(lambda: worker_id in self._children and not self._children[worker_id].dead
-                                     or self._closing, timeout=self.start_timeout)
+                                     or self._closing or worker_id in self._given_up, timeout=self.start_timeout)
             child = self._children.get(worker_id)
+            given_up = self._given_up.get(worker_id)
+        if given_up is not None:
+            raise WorkerDied(f"not restarted any more: {given_up}", where=f"worker {worker_id}",
+                             fix="check memory and the worker log above; restart the server to start it again")
         if self._closing or not ok or child is None:
             raise WorkerDied("no live process", where=f"worker {worker_id}",
                              fix="the executor is shut down or the worker could not restart; see the log")
