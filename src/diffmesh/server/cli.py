@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
          help="latent previews while sampling when a prompt does not choose (default none)")
     _add(net, "--preview-size", type=int, default=512, help="longest side of preview images (default 512)")
     _add(net, "--disable-metadata", action="store_true", help="do not write prompt/workflow into saved PNGs")
+    _add(net, "--max-history", type=int, default=10000, metavar="N",
+         help="history entries kept, oldest dropped first (default 10000, as ComfyUI)")
     _add(net, "--log-level", default="info", choices=("debug", "info", "warning", "error"))
     folders = parser.add_argument_group("folders (server)")
     _add(folders, "--base-directory", default=None, help="ComfyUI-style base folder (models/, input/, output/, ...)")
@@ -127,6 +129,18 @@ def _sockets(config: ServerConfig) -> list[socket.socket]:
     return sockets
 
 
+def check_devices_early(args: argparse.Namespace) -> None:
+    """Device flags checked before the server starts listening, as `diffmesh run` checks them
+    (ConfigError → message and status 2). Only when the check is cheap (--cpu) or the flags pick
+    GPUs (listing them imports torch, seconds that a plain start-up does not spend)."""
+    picks_gpus = any(getattr(args, name, None) not in (None, False) for name in ("cuda_device", "default_device",
+                                                                                 "gpu_only"))
+    if getattr(args, "cpu", False) or picks_gpus:
+        from diffmesh.config.devices import DeviceConfig
+
+        DeviceConfig.from_args(args)
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -135,9 +149,18 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_devices_early(args)
     paths = build_paths(args)
     config = ServerConfig.from_args(args, user_directory=paths.user_dir)
-    ref = RuntimeRef(runtime_builder(args))
+    failed: list[BaseException] = []
+    server: list = []
+
+    def runtime_failed(exc: BaseException) -> None:   # a server without a runtime serves nothing
+        failed.append(exc)
+        if server:
+            server[0].should_exit = True
+
+    ref = RuntimeRef(runtime_builder(args), on_failure=runtime_failed)
     app = create_app(ref, config, paths=paths)
     sockets = _sockets(config)
     host = config.bind_hosts[0]
@@ -148,8 +171,16 @@ def run(args: argparse.Namespace) -> int:
               f"or open http://{url_host}:{config.port}/?token=<token>)", flush=True)
     uv = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on", timeout_graceful_shutdown=5,
                         ws_max_size=16 * 1024 * 1024)
-    server = uvicorn.Server(uv)
-    server.run(sockets=sockets)
+    server.append(uvicorn.Server(uv))
+    if failed:                                         # failed before the server object existed
+        server[0].should_exit = True
+    server[0].run(sockets=sockets)
+    if failed:
+        exc = failed[0]
+        message = str(exc) if isinstance(exc, ConfigError) else f"the runtime could not be built: " \
+            f"{type(exc).__name__}: {exc}"
+        print(f"diffmesh serve: {message}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

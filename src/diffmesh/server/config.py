@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import secrets
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ class ServerConfig:
     disable_metadata: bool = False
     user_directory: Path | None = None  # where the SQLite store and settings live
     state_db: Path | None = None  # SQLite file; default <user_directory>/diffmesh.sqlite3
+    max_history: int = 10000  # history entries kept (--max-history; ComfyUI keeps 10,000)
     argv: list[str] = field(default_factory=list)
 
     @property
@@ -56,7 +56,11 @@ class ServerConfig:
         port = int(getattr(ns, "port", 8188))
         if not 0 <= port <= 65535:
             raise ConfigError(f"port {port} is out of range", where="--port", fix="use 0..65535 (0 = any free port)")
-        cfg = cls(listen=listen, port=port, auth_token=getattr(ns, "auth_token", None) or None,
+        max_history = int(getattr(ns, "max_history", 10000) or 0)
+        if max_history < 1:
+            raise ConfigError(f"--max-history must be at least 1, got {max_history}", where="--max-history",
+                              fix="pass the number of history entries to keep, e.g. --max-history 10000")
+        cfg = cls(listen=listen, port=port, max_history=max_history, auth_token=getattr(ns, "auth_token", None) or None,
                   max_upload_bytes=int(size_mb * 1024 * 1024),
                   cors_origin=getattr(ns, "enable_cors_header", None),
                   preview_method=preview, preview_size=int(getattr(ns, "preview_size", 512) or 512),
@@ -68,21 +72,31 @@ class ServerConfig:
         return cfg
 
 
-def _is_loopback(host: str) -> bool:
-    host = host.strip().strip("[]")
-    if host in ("localhost", ""):
-        return host == "localhost"
+def host_is_loopback(host: str) -> bool:
+    """True if a hostname is `localhost` or a loopback address literal (127.0.0.0/8, ::1).
+
+    Never resolves names: a DNS lookup would block the event loop, and a name that resolves to
+    127.0.0.1 is exactly what a DNS-rebinding attacker controls."""
+    host = host.strip().strip("[]").lower()
+    if host in ("localhost", "localhost."):
+        return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
         return False
-    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
 
 
-def host_is_loopback(host: str) -> bool:
-    """True if a Host header's hostname names a loopback address (used by the origin check)."""
-    return _is_loopback(host)
+def host_header_is_loopback(value: str | None) -> bool:
+    """The Host header names a loopback host (any port). A request without one (HTTP/1.0, not
+    something a browser sends) passes; an empty or malformed one does not."""
+    if value is None:
+        return True
+    value = value.strip()
+    if value.startswith("["):
+        name, bracket, rest = value[1:].partition("]")
+        return bool(bracket) and (rest == "" or (rest.startswith(":") and rest[1:].isdigit())) and \
+            host_is_loopback(name)
+    name, colon, port = value.partition(":")
+    if colon and not port.isdigit():
+        return False
+    return host_is_loopback(name)

@@ -19,8 +19,10 @@ class RuntimeUnavailable(RuntimeError):
 
 
 class RuntimeRef:
-    def __init__(self, build: Callable[[], Any] | None = None, runtime: Any = None):
+    def __init__(self, build: Callable[[], Any] | None = None, runtime: Any = None,
+                 on_failure: Callable[[BaseException], None] | None = None):
         self._build = build
+        self._on_failure = on_failure  # `diffmesh serve` ends the server: no runtime, nothing to serve
         self._runtime = runtime
         self._error: BaseException | None = None
         self._done = threading.Event()
@@ -40,13 +42,18 @@ class RuntimeRef:
         self._thread.start()
 
     def _run(self) -> None:
+        from diffmesh.errors import DiffmeshError
+
         try:
             self._runtime = self._build()
         except BaseException as exc:  # reported to every caller of get()
-            log.exception("building the runtime failed")
+            if not isinstance(exc, DiffmeshError):  # ours carry their message and fix; others need the trace
+                log.exception("building the runtime failed")
             self._error = exc
         finally:
             self._done.set()
+        if self._error is not None and self._on_failure is not None:
+            self._on_failure(self._error)
 
     @property
     def ready(self) -> bool:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import HTTPException, Request
+
+from diffmesh.server import bodies
 
 
 def state(request: Request):
@@ -19,16 +20,17 @@ def fail(status: int, kind: str, message: str, details: str = "", **extra: Any) 
 
 
 async def read_json(request: Request, *, allow_empty: bool = False, default: Any = None) -> Any:
-    """The body as JSON, or a 400 that says what is wrong with it."""
+    """The body as JSON, or a 400 that says what is wrong with it (invalid, a non-finite number,
+    nested too deeply: `bodies.loads`)."""
     raw = await request.body()
     if not raw.strip():
         if allow_empty:
             return default
         raise fail(400, "invalid_json", "request body is empty", f"{request.url.path} expects a JSON body")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise fail(400, "invalid_json", "request body is not valid JSON", f"{exc}") from exc
+        return bodies.loads(raw)
+    except bodies.BodyError as exc:
+        raise fail(400, "invalid_json", str(exc), f"{request.url.path}: {exc.path or 'body'}") from None
 
 
 def query_int(request: Request, name: str, default: int | None = None) -> int | None:

@@ -9,6 +9,7 @@ import io
 import json
 import mimetypes
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
@@ -51,11 +52,28 @@ async def get_view(request: Request):
     preview, channel = q.get("preview"), q.get("channel") or "rgba"
     if preview or channel in ("rgb", "a"):
         body, media = await asyncio.to_thread(_reencode, target, preview, channel)
-        return Response(body, media_type=media, headers={"Content-Disposition": f'filename="{target.name}"'})
+        return Response(body, media_type=media, headers={"Content-Disposition": content_disposition(target.name)})
     media = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
     if media in UNSAFE_TYPES:
         media = "application/octet-stream"
-    return FileResponse(target, media_type=media, headers={"Content-Disposition": f'filename="{target.name}"'})
+    return FileResponse(target, media_type=media, headers={"Content-Disposition": content_disposition(target.name)})
+
+
+def content_disposition(name: str) -> str:
+    """`filename="…"` as ComfyUI sends it, with an ASCII stand-in for what HTTP headers cannot carry
+    (they are Latin-1; `猫.png` used to make the response fail), plus RFC 5987's `filename*`,
+    which browsers prefer and which holds any name."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
+    return f"filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def os_error(exc: OSError, what: str):
+    """The 4xx for a filesystem refusal: 409 when the name is taken by something of the other kind
+    (a folder where a file goes, a file where a folder goes), else 400; never a 500."""
+    conflict = isinstance(exc, (FileExistsError, IsADirectoryError, NotADirectoryError))
+    reason = exc.strerror or type(exc).__name__
+    return fail(409 if conflict else 400, "conflict" if conflict else "bad_request", f"{what}: {reason}",
+                "a file and a folder share that name; choose another name or subfolder")
 
 
 def _reencode(path: Path, preview: str | None, channel: str) -> tuple[bytes, str]:
@@ -126,6 +144,8 @@ async def _upload(request: Request, form, data: bytes | None = None) -> dict:
                                        overwrite)
     except UnsafePath as exc:
         raise fail(400, "bad_request", str(exc), "upload names and subfolders must stay inside the folder") from exc
+    except OSError as exc:
+        raise os_error(exc, f"cannot store {upload.filename!r} in {kind}/{subfolder}") from None
 
 
 async def post_upload_image(request: Request):

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from diffmesh.config.paths import safe_join
 from diffmesh.server.routes.common import fail, query_bool, read_json, state
+from diffmesh.server.routes.files import os_error
 
 SETTINGS_FILE = "comfy.settings.json"
 # What a user who never changed a setting gets. diffmesh ships no workflow templates, so the
@@ -96,15 +97,22 @@ async def post_settings(request: Request):
     body = await read_json(request)
     if not isinstance(body, dict):
         raise fail(400, "bad_request", "POST /settings expects a JSON object of settings")
-    await asyncio.to_thread(_settings(request).update, body)
+    await _update_settings(request, body)
     return Response(status_code=200)
+
+
+async def _update_settings(request: Request, values: dict) -> None:
+    try:
+        await asyncio.to_thread(_settings(request).update, values)
+    except OSError as exc:
+        raise os_error(exc, f"cannot write {SETTINGS_FILE}") from None
 
 
 async def post_setting(request: Request, setting_id: str):
     if not setting_id:
         raise fail(400, "bad_request", "setting id is empty")
     value = await read_json(request)
-    await asyncio.to_thread(_settings(request).update, {setting_id: value})
+    await _update_settings(request, {setting_id: value})
     return Response(status_code=200)
 
 
@@ -138,7 +146,10 @@ async def list_userdata(request: Request):
     if not folder.is_dir():
         raise fail(404, "not_found", f"user folder {directory!r} does not exist")
     recurse, full, split = (query_bool(request, k) for k in ("recurse", "full_info", "split"))
-    files = await asyncio.to_thread(_list, folder, recurse)
+    try:
+        files = await asyncio.to_thread(_list, folder, recurse)
+    except OSError as exc:
+        raise os_error(exc, f"cannot list user folder {directory!r}") from None
     if full:
         return [_file_info(p, folder) for p in files]
     rels = [p.relative_to(folder).as_posix() for p in files]
@@ -151,6 +162,13 @@ async def list_userdata_v2(request: Request):
     folder = safe_join(root, rel) if rel else root
     if not folder.is_dir():
         raise fail(404, "not_found", f"user folder {rel!r} does not exist")
+    try:
+        return await asyncio.to_thread(_entries, folder, root)
+    except OSError as exc:
+        raise os_error(exc, f"cannot list user folder {rel!r}") from None
+
+
+def _entries(folder: Path, root: Path) -> list[dict]:
     entries = []
     for p in sorted(folder.iterdir(), key=lambda p: (not p.is_dir(), p.name)):
         item = {"name": p.name, "path": p.relative_to(root).as_posix(), "type": "directory" if p.is_dir() else "file"}
@@ -180,18 +198,28 @@ async def post_userdata(request: Request, file: str):
     if path.exists() and not overwrite:
         raise fail(409, "conflict", f"user file {file!r} already exists", "pass ?overwrite=true to replace it")
     if path.is_dir():
-        raise fail(400, "bad_request", f"{file!r} is a folder")
+        raise fail(409, "conflict", f"{file!r} is a folder")
     body = await request.body()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    await asyncio.to_thread(path.write_bytes, body)
+    try:
+        await asyncio.to_thread(_write, path, body)
+    except OSError as exc:
+        raise os_error(exc, f"cannot write user file {file!r}") from None
     return _answer(request, path)
+
+
+def _write(path: Path, body: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
 
 
 async def delete_userdata(request: Request, file: str):
     path = _user_path(request, file)
     if not path.is_file():
         raise fail(404, "not_found", f"user file {file!r} does not exist")
-    path.unlink()
+    try:
+        path.unlink()
+    except OSError as exc:
+        raise os_error(exc, f"cannot delete user file {file!r}") from None
     return Response(status_code=204)
 
 
@@ -201,6 +229,11 @@ async def move_userdata(request: Request, file: str, dest: str):
         raise fail(404, "not_found", f"user file {file!r} does not exist")
     if target.exists() and not query_bool(request, "overwrite", True):
         raise fail(409, "conflict", f"user file {dest!r} already exists", "pass ?overwrite=true to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(source, target)
+    if target.is_dir():
+        raise fail(409, "conflict", f"{dest!r} is a folder", "move the file to a name inside it")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+    except OSError as exc:
+        raise os_error(exc, f"cannot move user file {file!r} to {dest!r}") from None
     return _answer(request, target)
