@@ -73,7 +73,9 @@ class EngineScope:
         return plan_placement(self.workers, self.root.default_device, self.root.split_components)
 
     def worker_for(self, handle: ModelHandle) -> int:
-        return place(handle, self.placement, list(self.root.infos.values()))
+        """Where `handle` runs: always one of this scope's workers (a lease never reaches another's)."""
+        others = [info for w, info in self.root.infos.items() if w not in self.worker_ids]
+        return place(handle, self.placement, self.workers, others)
 
     def plan(self, model: ModelHandle, job) -> SamplePlan:
         mode = parallel_request(model) or self.root.parallel      # a node's request wins over the flag

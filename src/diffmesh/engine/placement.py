@@ -3,8 +3,8 @@
 Default: the UNet on the main device (`--default-device`, else the first worker); with a second
 device, text encoders and the VAE on another one (the slowest other worker: they need little
 compute, and it keeps the main device's memory for the UNet). A handle's `device` (set by a
-loader's device input or a Select*Device node) overrides the plan; a device the machine lacks
-falls back to the plan with a warning.
+loader's device input or a Select*Device node) overrides the plan; a device the machine lacks,
+or one held by another running prompt (leases), falls back to the plan with a warning.
 """
 
 from __future__ import annotations
@@ -89,13 +89,22 @@ def plan_placement(workers: list[WorkerInfo], default_device: str | None = None,
     return PlacementPlan(unet=main, clip=helper, vae=helper)
 
 
-def place(handle, plan: PlacementPlan, workers: list[WorkerInfo]) -> int:
-    """The worker for `handle`: its device request when the machine has it, else the plan's choice."""
+def place(handle, plan: PlacementPlan, workers: list[WorkerInfo], others: list[WorkerInfo] = ()) -> int:
+    """The worker for `handle`: its device request when one of `workers` (the prompt's) is that
+    device, else the plan's choice. `others` are the machine's workers outside this scope (held by
+    other prompts): a request naming one of them is not followed, since that worker runs another
+    prompt's models; the warning says so."""
     chosen = resolve_device(handle.device, workers)
     if chosen is not None:
         return chosen
     if handle.device not in (None, "", "default"):
-        log.warning("%s requests device %r, which this machine does not have (workers: %s); using %s",
-                    handle.component, handle.device, ", ".join(w.label for w in workers),
-                    next(w.label for w in workers if w.worker_id == plan.worker_for(handle.component)))
+        fallback = next(w.label for w in workers if w.worker_id == plan.worker_for(handle.component))
+        if resolve_device(handle.device, others) is not None:
+            log.warning("%s requests device %r, which another prompt holds now; using this prompt's %s "
+                        "(queue fewer prompts at once, or --parallel none, to keep every device for one prompt)",
+                        handle.component, handle.device, fallback)
+        else:
+            log.warning("%s requests device %r, which this machine does not have (workers: %s); using %s",
+                        handle.component, handle.device, ", ".join(w.label for w in [*workers, *others]),
+                        fallback)
     return plan.worker_for(handle.component)
