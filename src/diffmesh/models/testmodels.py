@@ -19,7 +19,7 @@ import torch
 from diffmesh.errors import ModelError
 from diffmesh.models import testspecs as ts
 
-TEST_MODELS_VERSION = "1"
+TEST_MODELS_VERSION = "2"
 
 # Tiny text encoders: vocabulary and positions stay real (49408, 77) so real prompts tokenize.
 TINY_CLIP_L = dict(hidden=32, layers=2, inter=128)
@@ -236,4 +236,7 @@ def write_test_models(base_dir: str | os.PathLike) -> dict:
     out["embeddings"]["sdxl"] = _save({"clip_l": _embedding(2, TINY_CLIP_L["hidden"], 24),
                                        "clip_g": _embedding(2, TINY_OPEN_CLIP["width"], 25)},
                                       em / "tiny-sdxl-emb.safetensors")
+    from diffmesh.models.dit.testfiles import write_flux_test_files
+
+    out["flux"] = write_flux_test_files(models)     # diffusion_models/, vae/, loras/: tiny Flux files
     return out

@@ -96,3 +96,74 @@ def make_dit_file(name: str, size: str, out: str | os.PathLike, seed: int = 0) -
                 "seed": str(seed), "note": "random weights, NOT a trained model"}
     ts.save_safetensors_deterministic(sd, str(out), meta)
     return str(out)
+
+
+# ---------------------------------------------------------------- LoRAs and fp8 variants of the tiny Flux
+
+def _pair(sd: dict, name: str, down_key: str, up_key: str, rows: int, cols: int, rank: int, seed: int,
+          alpha: float | None = None, up: torch.Tensor | None = None) -> None:
+    g = torch.Generator().manual_seed(ts.key_seed(seed, name))
+    sd[f"{name}.{down_key}"] = torch.randn((rank, cols), generator=g) * 0.5
+    sd[f"{name}.{up_key}"] = torch.randn((rows, rank), generator=g) * 0.5 if up is None else up
+    if alpha is not None:
+        sd[f"{name}.alpha"] = torch.tensor(float(alpha))
+
+
+def flux_loras(rank: int = 4) -> dict[str, dict[str, torch.Tensor]]:
+    """Tiny-Flux LoRAs in the three key formats: kohya (BFL names), diffusers/PEFT (diffusers names of
+    the split layers), ComfyUI (`diffusion_model.` + BFL names)."""
+    h, mlp = TINY_FLUX["hidden"], int(TINY_FLUX["hidden"] * TINY_FLUX["mlp_ratio"])
+    kohya: dict = {}
+    _pair(kohya, "lora_unet_double_blocks_0_img_attn_qkv", "lora_down.weight", "lora_up.weight", 3 * h, h, rank, 31,
+          alpha=rank / 2)
+    _pair(kohya, "lora_unet_single_blocks_0_linear1", "lora_down.weight", "lora_up.weight", 3 * h + mlp, h, rank, 31,
+          alpha=rank)
+    _pair(kohya, "lora_unet_double_blocks_0_txt_mlp_0", "lora_down.weight", "lora_up.weight", mlp, h, rank, 31)
+    peft: dict = {}
+    for name, rows in (("transformer.transformer_blocks.0.attn.to_k", h), ("transformer.transformer_blocks.0.attn.add_v_proj", h),
+                       ("transformer.single_transformer_blocks.0.proj_mlp", mlp),
+                       ("transformer.single_transformer_blocks.0.attn.to_q", h)):
+        _pair(peft, name, "lora_A.weight", "lora_B.weight", rows, h, rank, 32)
+    comfy: dict = {}
+    _pair(comfy, "diffusion_model.double_blocks.0.img_attn.proj", "lora_down.weight", "lora_up.weight", h, h, rank, 33)
+    _pair(comfy, "diffusion_model.final_layer.linear", "lora_down.weight", "lora_up.weight",
+          TINY_FLUX["in_channels"] * 4, h, rank, 33)
+    return {"kohya": kohya, "peft": peft, "comfy": comfy}
+
+
+def scaled_fp8(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A "scaled fp8" copy as ComfyUI's converters write it: each 2-D weight stored in float8_e4m3fn
+    divided by a per-tensor `scale_weight` (absmax / 448), a `scaled_fp8` marker; the rest unchanged."""
+    out: dict[str, torch.Tensor] = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for key, t in sd.items():
+        if key.endswith(".weight") and t.ndim == 2:
+            scale = t.abs().max().float() / 448.0
+            out[key] = (t.float() / scale).to(torch.float8_e4m3fn)
+            out[key[:-len(".weight")] + ".scale_weight"] = scale.reshape(())
+        else:
+            out[key] = t
+    return out
+
+
+def write_flux_test_files(models: str | os.PathLike) -> dict:
+    """Tiny Flux files in a ComfyUI `models/` tree: dev, schnell, an all-in-one checkpoint prefix copy,
+    a scaled-fp8 dev, the "ae" VAE, and LoRAs in the three formats. Returns {key: path}."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    models = Path(models)
+    dm, va, lo = models / "diffusion_models", models / "vae", models / "loras"
+    for d in (dm, va, lo):
+        d.mkdir(parents=True, exist_ok=True)
+    out = {"flux_dev": make_dit_file("flux", "tiny", dm / "tiny-flux-dev.safetensors"),
+           "flux_schnell": make_dit_file("flux-schnell", "tiny", dm / "tiny-flux-schnell.safetensors"),
+           "flux_vae": make_dit_file("flux-vae", "tiny", va / "tiny-flux-ae.safetensors")}
+    dev = ts.materialize(flux_spec(ts.Spec(), TINY_FLUX), 0, torch.float32)
+    save_file(scaled_fp8(dev), str(dm / "tiny-flux-dev-scaled-fp8.safetensors"))
+    out["flux_scaled_fp8"] = str(dm / "tiny-flux-dev-scaled-fp8.safetensors")
+    for fmt, sd in flux_loras().items():
+        path = lo / f"tiny-flux-{fmt}.safetensors"
+        ts.save_safetensors_deterministic(sd, str(path), {"note": "random weights, NOT a trained model"})
+        out[f"flux_lora_{fmt}"] = str(path)
+    return out
