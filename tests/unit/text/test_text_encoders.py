@@ -174,3 +174,26 @@ def test_stable_diffusion_clip_l_file_encodes_like_sd1(te_files, store):
     encoder = build_component(ModelHandle(te_files["clip_l"], "clip", "stable_diffusion"), "cpu", None, store)
     [[cond, options]] = encoder.encode(P1)
     assert cond.shape == (1, 77, 32) and options["pooled_output"].shape == (1, 32)
+
+
+@pytest.mark.parametrize("family, parts", [
+    ("flux", {"clip_l": "text_encoders.clip_l.transformer.", "t5xxl": "text_encoders.t5xxl.transformer."}),
+    ("zimage", {"qwen3_4b": "text_encoders.qwen3_4b.transformer."}),
+    ("qwenimage", {"qwen25_7b": "text_encoders.qwen25_7b.transformer."}),
+])
+def test_all_in_one_checkpoints_find_their_text_encoders_under_comfyuis_prefixes(te_files, store, tmp_path,
+                                                                                family, parts):
+    from safetensors.torch import load_file, save_file
+
+    combined = {"model.diffusion_model.img_in.weight": torch.zeros(2, 2)}       # the rest of a checkpoint
+    for name, prefix in parts.items():
+        combined.update({prefix + k: v for k, v in load_file(te_files[name]).items()})
+    path = tmp_path / f"{family}-aio.safetensors"
+    save_file(combined, str(path))
+    separate = {"flux": ModelHandle(te_files["t5xxl"], "clip", "flux", extra_paths=(te_files["clip_l"],)),
+                "zimage": ModelHandle(te_files["qwen3_4b"], "clip", "lumina2"),
+                "qwenimage": ModelHandle(te_files["qwen25_7b"], "clip", "qwen_image")}[family]
+    [[cond, options]] = build_component(ModelHandle(str(path), "clip", family), "cpu", None, store).encode(P1)
+    [[expected, expected_options]] = build_component(separate, "cpu", None, store).encode(P1)
+    torch.testing.assert_close(cond, expected, rtol=0, atol=0)
+    assert options.keys() == expected_options.keys()
