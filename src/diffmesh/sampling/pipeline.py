@@ -51,10 +51,14 @@ def run_sample_job(model, job, on_step: Callable[[int, int, torch.Tensor], None]
     channels = getattr(fmt, "channels", latent.shape[1])
     if channels != latent.shape[1] and torch.count_nonzero(latent) == 0:
         latent = repeat_to_batch_size(latent, channels, dim=1)
+    if getattr(fmt, "dimensions", 2) == 3 and latent.ndim == 4:
+        latent = latent.unsqueeze(2)            # an image latent for a video-format model (Qwen-Image): one frame
 
     noise = job.noise.to(device=device, dtype=torch.float32)
     if noise.shape[1] != latent.shape[1]:
         noise = repeat_to_batch_size(noise, latent.shape[1], dim=1)
+    if noise.ndim == 4 and latent.ndim == 5:    # drawn on the 4-D latent: same values in the same order
+        noise = noise.unsqueeze(2)
     latent_image = latent.to(device=device)
     sigmas = sigmas.to(device)
     if torch.count_nonzero(latent_image) > 0:   # an empty latent is not shifted
