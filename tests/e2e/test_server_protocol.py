@@ -45,7 +45,10 @@ def test_frontend_boot_routes_answer_json_with_and_without_api_prefix(node_serve
 def test_system_stats_lists_devices_with_memory_and_what_runs_where(node_server):
     with node_server.client() as http:
         stats = http.get("/api/system_stats").json()
-    assert stats["system"]["required_frontend_version"] == "1.35.9"
+    assert stats["system"]["required_frontend_version"] == "1.58.1"
+    assert stats["system"]["required_templates_version"] == "0.11.97"
+    packages = {p["name"]: p for p in stats["system"]["comfy_package_versions"]}
+    assert packages["comfyui-frontend-package"]["installed"] == "1.58.1"   # the pin is what is installed
     assert stats["devices"] and all(d["vram_total"] > 0 and "vram_free" in d for d in stats["devices"])
     assert "diffmesh" in stats and "running_prompts" in stats["diffmesh"]
 

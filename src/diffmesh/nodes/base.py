@@ -1,7 +1,8 @@
 """Declarative node definitions: a schema (plain data) plus a small execute function.
 
-`NodeSchema.to_object_info(paths)` generates the exact ComfyUI `/object_info` entry (spec §4), key
-order included; combo options may be computed from the folder layout (`Paths`) at that time.
+`NodeSchema.to_object_info(paths)` generates the exact ComfyUI `/object_info` entry (spec §4, with
+the keys current ComfyUI added since: is_input_list, has_intermediate_output, search_aliases,
+essentials_category, dev_only), key order included; combo options may be computed from the folder layout (`Paths`) at that time.
 `NodeDef` pairs a schema with `execute(ctx, **inputs)` and the optional hooks ComfyUI calls
 `IS_CHANGED` and `VALIDATE_INPUTS`. The executor gives every call a `NodeContext`.
 """
@@ -92,6 +93,11 @@ class NodeSchema:
     input_is_list: bool = False
     deprecated: bool = False
     experimental: bool = False
+    # fields of ComfyUI after 0.8.0 (its V1 node_info and V3 schema)
+    has_intermediate_output: bool = False
+    search_aliases: tuple[str, ...] = ()
+    essentials_category: str | None = None    # the node library's Essentials tab
+    dev_only: bool = False
 
     def input(self, name: str) -> InputSpec | None:
         for spec in self.inputs:
@@ -122,6 +128,7 @@ class NodeSchema:
         info: dict[str, Any] = {
             "input": inputs,
             "input_order": order,
+            "is_input_list": self.input_is_list,
             "output": [o.type for o in self.outputs],
             "output_is_list": [o.is_list for o in self.outputs],
             "output_name": [o.name or o.type for o in self.outputs],
@@ -131,6 +138,7 @@ class NodeSchema:
             "python_module": self.python_module,
             "category": self.category,
             "output_node": self.output_node,
+            "has_intermediate_output": self.has_intermediate_output,
         }
         if self.output_tooltips is not None:
             info["output_tooltips"] = list(self.output_tooltips)
@@ -138,6 +146,11 @@ class NodeSchema:
             info["deprecated"] = True
         if self.experimental:
             info["experimental"] = True
+        if self.dev_only:
+            info["dev_only"] = True
+        info["search_aliases"] = list(self.search_aliases)
+        if self.essentials_category is not None:
+            info["essentials_category"] = self.essentials_category
         return info
 
 

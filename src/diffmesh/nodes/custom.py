@@ -128,7 +128,15 @@ def _schema(name: str, cls: type, display_name: str, module_name: str) -> NodeSc
                       output_tooltips=tuple(tooltips) if tooltips is not None else None,
                       python_module=module_name, input_is_list=bool(getattr(cls, "INPUT_IS_LIST", False)),
                       deprecated=bool(getattr(cls, "DEPRECATED", False)),
-                      experimental=bool(getattr(cls, "EXPERIMENTAL", False)))
+                      experimental=bool(getattr(cls, "EXPERIMENTAL", False)),
+                      has_intermediate_output=bool(getattr(cls, "HAS_INTERMEDIATE_OUTPUT", False)),
+                      search_aliases=tuple(str(a) for a in getattr(cls, "SEARCH_ALIASES", None) or ()),
+                      essentials_category=_optional_str(getattr(cls, "ESSENTIALS_CATEGORY", None)),
+                      dev_only=bool(getattr(cls, "DEV_ONLY", False)))
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _class_hook(cls: type, attr: str):

@@ -54,8 +54,10 @@ class ServerState:
         return Path(self.paths.user_dir) / "default"
 
     def feature_flags(self) -> dict:
-        return {"supports_preview_metadata": True, "max_upload_size": self.config.max_upload_bytes,
-                "extension": {"manager": {"supports_v4": True}}}
+        # ComfyUI's core flags; what diffmesh lacks is off (no assets database, no node replacements)
+        return {"supports_preview_metadata": True, "supports_model_type_tags": False,
+                "max_upload_size": self.config.max_upload_bytes, "extension": {"manager": {"supports_v4": True}},
+                "node_replacements": False, "assets": False}
 
 
 def create_app(runtime: Any, server_config: ServerConfig, paths: Any = None) -> FastAPI:
@@ -95,7 +97,7 @@ def create_app(runtime: Any, server_config: ServerConfig, paths: Any = None) -> 
 
 def _install_routes(app: FastAPI) -> None:
     from diffmesh.server import frontend
-    from diffmesh.server.routes import files, internal, jobs, nodes, queue, system, users, websocket
+    from diffmesh.server.routes import files, internal, jobs, nodes, queue, system, templates, users, websocket
 
     for module in (queue, nodes, files, system, users):
         router = module.router()
@@ -103,7 +105,7 @@ def _install_routes(app: FastAPI) -> None:
         app.include_router(router, prefix="/api")
     app.include_router(jobs.router(), prefix="/api")
     app.include_router(internal.router(), prefix="/internal")
-    app.include_router(system.templates_router())
+    templates.install(app)
     ws_router = websocket.router()
     app.include_router(ws_router)
     app.include_router(ws_router, prefix="/api")

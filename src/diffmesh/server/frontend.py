@@ -10,6 +10,8 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
 
+from diffmesh.server import packages
+
 log = logging.getLogger("diffmesh.server")
 
 NO_CACHE = {"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0"}
@@ -37,11 +39,11 @@ def mount(app: FastAPI) -> None:
     root = static_root()
     if root is None:
         log.warning("comfyui-frontend-package is not installed: the web UI is not served "
-                    "(pip install comfyui-frontend-package==1.35.9)")
+                    "(pip install %s==%s)", packages.FRONTEND, packages.FRONTEND_VERSION)
 
         async def no_frontend():
             return JSONResponse({"error": {"type": "no_frontend", "message": "the web UI is not installed",
-                                           "details": "pip install comfyui-frontend-package==1.35.9",
+                                           "details": f"pip install {packages.FRONTEND}=={packages.FRONTEND_VERSION}",
                                            "extra_info": {}}}, status_code=404)
 
         app.add_api_route("/", no_frontend, methods=["GET"])

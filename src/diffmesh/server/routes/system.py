@@ -1,4 +1,5 @@
-"""System routes: /system_stats, /features, /i18n and the optional template lists (spec §1.2)."""
+"""System routes: /system_stats, /features, /i18n and the custom-node template and subgraph lists
+(spec §1.2)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import sys
 
 from fastapi import APIRouter, Request
 
+from diffmesh.server import packages
 from diffmesh.server.routes.common import state
 
 log = logging.getLogger("diffmesh.server")
 
 COMFYUI_VERSION = "0.8.0"  # the ComfyUI release whose API we speak
-FRONTEND_VERSION = "1.35.9"
 
 
 def router() -> APIRouter:
@@ -27,22 +28,6 @@ def router() -> APIRouter:
     r.add_api_route("/workflow_templates", get_empty_dict, methods=["GET"])
     r.add_api_route("/global_subgraphs", get_empty_dict, methods=["GET"])
     return r
-
-
-def templates_router() -> APIRouter:
-    """Bare `/templates/…` (no /api): the workflow-templates package is not shipped, so the
-    template index is empty rather than missing (the frontend logs an error for a 404)."""
-    r = APIRouter()
-    r.add_api_route("/templates/{name}", get_template_index, methods=["GET"])
-    return r
-
-
-async def get_template_index(name: str):
-    if name == "index.json" or (name.startswith("index.") and name.endswith(".json")):
-        return []
-    from diffmesh.server.routes.common import fail
-
-    raise fail(404, "not_found", f"no workflow template {name!r}", "templates are not installed")
 
 
 def _version(dist: str) -> str:
@@ -112,8 +97,7 @@ async def get_system_stats(request: Request):
     mem = psutil.virtual_memory()
     system = {
         "os": sys.platform, "ram_total": mem.total, "ram_free": mem.available,
-        "comfyui_version": COMFYUI_VERSION, "required_frontend_version": FRONTEND_VERSION,
-        "installed_templates_version": None, "required_templates_version": None,
+        "comfyui_version": COMFYUI_VERSION, **packages.system_fields(), "deploy_environment": "local",
         "python_version": sys.version, "pytorch_version": _version("torch"),
         "embedded_python": False, "argv": list(sys.argv), "machine": platform.machine(),
     }
