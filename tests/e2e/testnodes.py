@@ -17,7 +17,8 @@ class Sleep:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {},
-                "optional": {"seconds": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 60.0})},
+                "optional": {"seconds": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 60.0}),
+                             "preview_size": ("INT", {"default": 8, "min": 8, "max": 1024})},
                 "hidden": {"unique_id": "UNIQUE_ID"}}
 
     RETURN_TYPES = ()
@@ -26,10 +27,10 @@ class Sleep:
     CATEGORY = "testing"
 
     @classmethod
-    def IS_CHANGED(cls, seconds=0.0):
+    def IS_CHANGED(cls, seconds=0.0, preview_size=8):
         return float("nan")                          # always run, never from the cache
 
-    def sleep(self, unique_id, seconds=0.0):
+    def sleep(self, unique_id, seconds=0.0, preview_size=8):
         from PIL import Image
 
         bar = ProgressBar(self.STEPS)
@@ -38,7 +39,10 @@ class Sleep:
             while time.monotonic() < deadline:
                 check_interrupt()
                 time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-            preview = Image.new("RGB", (8, 8), (step * 60, 0, 0))
+            if preview_size > 8:   # noise: a JPEG as large as real previews (the slow-client test)
+                preview = Image.effect_noise((preview_size, preview_size), 100).convert("RGB")
+            else:
+                preview = Image.new("RGB", (8, 8), (step * 60, 0, 0))
             bar.update_absolute(step + 1, self.STEPS, ("JPEG", preview, 512))
         return {"ui": {"text": [f"{unique_id} done"]}, "result": ()}
 
