@@ -153,7 +153,8 @@ def _exponential_moments(s, t, order, tau):
     if tau > 0:
         log_m = log_m - depth * math.log(tau_mul)
     sign = torch.where(depth % 2 == 0, 1.0, -1.0)
-    return (log_m.exp() * sign).tril() @ boundary
+    lower = torch.where(depth >= 0, log_m.exp() * sign, 0.0)     # (tril, which is slow on tiny CPU tensors)
+    return lower @ boundary
 
 
 def sa_solver_coefficients(sigma_next, lambdas, lambda_s, lambda_t, tau, simple_order_2=False, corrector=False):

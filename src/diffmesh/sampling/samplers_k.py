@@ -178,7 +178,8 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, noi
             d_2 = to_d(x_2, sigma_mid, denoised_2)
             x = x + d_2 * dt_2
             if flow:
-                x = alpha_ratio * x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+                if eta > 0:     # at eta 0 the ratio is exactly 1, but renoise can be the root of -0.0 (NaN)
+                    x = alpha_ratio * x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
             else:
                 x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x

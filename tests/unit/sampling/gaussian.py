@@ -22,8 +22,8 @@ class GaussianDenoiser:
     def __init__(self, model_sampling, mean, std: float, uncond_mean=None, cfg: float = 1.0, wobble: float = 0.0):
         self.model_sampling = model_sampling
         self.flow = model_sampling.prediction_type == "flow"
-        self.mean = torch.as_tensor(mean, dtype=torch.float32)
-        self.uncond_mean = self.mean if uncond_mean is None else torch.as_tensor(uncond_mean, dtype=torch.float32)
+        self.mean = _floating(mean)
+        self.uncond_mean = self.mean if uncond_mean is None else _floating(uncond_mean)
         self.std = float(std)
         self.cfg = float(cfg)
         self.wobble = float(wobble)
@@ -50,6 +50,11 @@ class GaussianDenoiser:
         cond, uncond = self.predictions(x, sigma)
         self.last_uncond = uncond
         return uncond + (cond - uncond) * self.cfg
+
+
+def _floating(value) -> torch.Tensor:
+    value = torch.as_tensor(value)
+    return value if value.is_floating_point() else value.float()
 
 
 def marginal(sigma: float, mean, std: float, flow: bool):
