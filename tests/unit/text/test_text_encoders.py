@@ -197,3 +197,30 @@ def test_all_in_one_checkpoints_find_their_text_encoders_under_comfyuis_prefixes
     [[expected, expected_options]] = build_component(separate, "cpu", None, store).encode(P1)
     torch.testing.assert_close(cond, expected, rtol=0, atol=0)
     assert options.keys() == expected_options.keys()
+
+
+def test_scaled_fp8_t5_files_load_with_their_per_tensor_scales(te_files, store, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    plain = load_file(te_files["t5xxl"])
+    scaled, dequantized = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}, {}
+    for key, value in plain.items():
+        if key.endswith(".weight") and value.ndim == 2 and "relative_attention_bias" not in key and key != "shared.weight":
+            scale = value.abs().max() / 448.0
+            q = (value / scale).to(torch.float8_e4m3fn)
+            scaled[key], scaled[key[:-len("weight")] + "scale_weight"] = q, scale.reshape(())
+            scaled[key[:-len("weight")] + "scale_input"] = torch.ones(())
+            dequantized[key] = q.float() * scale
+        else:
+            scaled[key] = dequantized[key] = value
+    save_file(scaled, str(tmp_path / "t5_scaled.safetensors"))
+    save_file(dequantized, str(tmp_path / "t5_dequantized.safetensors"))
+
+    def encode(path):
+        handle = ModelHandle(str(path), "clip", "flux", extra_paths=(te_files["clip_l"],))
+        return build_component(handle, "cpu", None, store).encode(P1)[0][0]
+
+    got, want = encode(tmp_path / "t5_scaled.safetensors"), encode(tmp_path / "t5_dequantized.safetensors")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    exact = encode(te_files["t5xxl"])
+    assert 0 < float((got - exact).norm() / exact.norm()) < 0.1      # fp8 rounding, not a wrong scale

@@ -62,8 +62,28 @@ def _qwen_config(kind: str, sd: dict[str, torch.Tensor]) -> dict:
     return cfg
 
 
+SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
+DROPPED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")
+
+
+def dequantize_scaled_fp8(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """"Scaled fp8" files (t5xxl_fp8_e4m3fn_scaled, qwen_3_4b_fp8_scaled): weight × its per-tensor
+    scale, in float32; the markers and input scales go. Other files pass through unchanged."""
+    scales = {k[: -len(suffix)]: v for k, v in sd.items() for suffix in SCALE_SUFFIXES if k.endswith(suffix)}
+    if not scales and "scaled_fp8" not in sd:
+        return sd
+    out = {}
+    for key, value in sd.items():
+        if key == "scaled_fp8" or key.endswith(SCALE_SUFFIXES + DROPPED_SUFFIXES):
+            continue
+        scale = scales.get(key[: -len(".weight")]) if key.endswith(".weight") else None
+        out[key] = value.float() * scale.float() if scale is not None else value
+    return out
+
+
 def convert_state_dict(kind: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """ComfyUI file keys (prefix already stripped) -> the transformers module's keys."""
+    sd = dequantize_scaled_fp8(sd)
     if kind == "t5xxl":
         out = {k: v for k, v in sd.items() if k == "shared.weight" or k.startswith("encoder.")}
         out["encoder.embed_tokens.weight"] = out["shared.weight"]     # tied in the HF module
@@ -143,11 +163,20 @@ class LanguageModel(nn.Module):
         return self.final_norm(hidden) if norm_hidden else hidden
 
 
+def weight_dtype(kind: str, dtype: torch.dtype) -> torch.dtype:
+    """Qwen's activations overflow fp16; where the GPU has bf16 the Qwen encoders use it instead (as
+    ComfyUI runs them in their files' bf16). T5 stays fp16: transformers clamps its fp16 activations."""
+    if kind != "t5xxl" and dtype == torch.float16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return dtype
+
+
 def build_language_model(kind: str, sd: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype,
                          where: str) -> LanguageModel:
     """A `LanguageModel` of `kind` ("t5xxl", "qwen3", "qwen25") with the weights of `sd` (ComfyUI keys)."""
     import transformers
 
+    dtype = weight_dtype(kind, dtype)
     converted = convert_state_dict(kind, sd)
     try:
         config = hf_config(kind, converted)
