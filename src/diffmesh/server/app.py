@@ -68,7 +68,7 @@ def create_app(runtime: Any, server_config: ServerConfig, paths: Any = None) -> 
     if paths is None:
         raise ValueError("create_app needs `paths` when the runtime is built in the background")
     db_path = server_config.state_db or Path(paths.user_dir) / "diffmesh" / "queue.sqlite3"
-    store = QueueStore(db_path)
+    store = QueueStore(db_path, history_cap=server_config.max_history)
     state = ServerState(config=server_config, runtime=ref, store=store, hub=None, dispatcher=None,  # type: ignore[arg-type]
                         early_paths=paths)
     state.hub = ConnectionHub(state.feature_flags())
@@ -78,6 +78,9 @@ def create_app(runtime: Any, server_config: ServerConfig, paths: Any = None) -> 
     async def lifespan(app: FastAPI):
         state.hub.bind_loop(asyncio.get_running_loop())
         _prepare_folders(paths)
+        repaired = await asyncio.to_thread(store.repair)
+        if repaired:
+            log.warning("repaired %d stored queue/history row(s) an older version could not serve", repaired)
         ref.start()
         state.dispatcher.start()
         try:

@@ -15,6 +15,7 @@ pages through 100,000 entries without parsing them.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -22,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffmesh.server import bodies
 from diffmesh.server import jobs as jobmod
 
 HISTORY_CAP = 10000     # entries kept, as ComfyUI's MAXIMUM_HISTORY_SIZE
+log = logging.getLogger("diffmesh.server.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -86,6 +89,7 @@ class QueueStore:
     def __init__(self, db_path: str | Path, history_cap: int = HISTORY_CAP):
         self.path = Path(db_path)
         self.history_cap = history_cap
+        self._secrets: dict[str, dict] = {}   # prompt_id -> sensitive extra_data: memory only, never the file
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
@@ -140,6 +144,59 @@ class QueueStore:
         return self._tx(lambda: self._db.execute(
             "UPDATE queue SET state = 'pending' WHERE state = 'running'").rowcount)
 
+    def repair(self) -> int:
+        """Start-up: makes rows an older version stored servable (issue 8). History entries with
+        NaN/Infinity get null there, unreadable ones are dropped; queued prompts holding such
+        numbers, or no longer readable, are finished as errors that say why (their clients see them
+        end); secrets an older version wrote to the file are wiped. Returns the rows changed."""
+        suspect = "(entry LIKE '%NaN%' OR entry LIKE '%Infinity%' OR json_valid(entry) = 0)"
+
+        def fix() -> int:
+            changed = self._db.execute("UPDATE queue SET sensitive = '{}' WHERE sensitive != '{}'").rowcount
+            for pid, entry in self._db.execute(f"SELECT prompt_id, entry FROM history WHERE {suspect}").fetchall():
+                changed += 1
+                try:
+                    repaired = bodies.finite_or_none(json.loads(entry))
+                except ValueError:
+                    log.warning("dropping unreadable history entry %s", pid)
+                    self._db.execute("DELETE FROM history WHERE prompt_id = ?", (pid,))
+                    continue
+                self._db.execute("UPDATE history SET entry = ?, status = ?, create_time = ?, duration = ?,"
+                                 " workflow_id = ?, job = ? WHERE prompt_id = ?",
+                                 (json.dumps(repaired), *_job_columns(pid, repaired), pid))
+            for row in self._db.execute("SELECT number, prompt_id, prompt, extra_data, outputs, sensitive FROM queue"
+                                        " WHERE prompt LIKE '%NaN%' OR prompt LIKE '%Infinity%' OR extra_data LIKE"
+                                        " '%NaN%' OR extra_data LIKE '%Infinity%' OR json_valid(prompt) = 0 OR"
+                                        " json_valid(extra_data) = 0 OR json_valid(outputs) = 0").fetchall():
+                changed += 1
+                self._finish_refused(row)
+            return changed
+
+        with self._lock:
+            return self._tx_unlocked(fix)
+
+    def _finish_refused(self, row: tuple) -> None:
+        """A queued row the server would refuse today → history, as an error naming the fault."""
+        number, prompt_id = row[0], row[1]
+        reason = "the stored prompt could not be read"
+        for name, text in (("prompt", row[2]), ("extra_data", row[3]), ("outputs", row[4])):
+            try:
+                bodies.loads(text, max_depth=10_000)
+            except bodies.BodyError as exc:
+                reason = str(exc).replace(f" at {exc.path}", f" at {name}.{exc.path}") if exc.path else str(exc)
+                break
+        try:
+            item = _item(row)
+        except ValueError:
+            item = QueueItem(number, prompt_id, {}, {}, [], {})
+        log.warning("queued prompt %s cannot run (%s); it is finished as an error", prompt_id, reason)
+        message = ["execution_error", {"prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [],
+                                       "exception_message": f"dropped at start-up: {reason}",
+                                       "exception_type": "ValueError", "traceback": [], "current_inputs": {},
+                                       "current_outputs": [], "timestamp": int(time.time() * 1000)}]
+        self._db.execute("DELETE FROM queue WHERE prompt_id = ?", (prompt_id,))
+        self._insert_history(prompt_id, history_entry(item, "error", False, [message], {}, {}))
+
     def enqueue(self, prompt_id: str, prompt: dict, extra_data: dict, outputs: list,
                 sensitive: dict | None = None, number: float | None = None, front: bool = False) -> float:
         """Adds a pending prompt and returns its number (the counter, negated for `front`)."""
@@ -154,8 +211,10 @@ class QueueStore:
             self._db.execute(
                 "INSERT INTO queue (prompt_id, number, state, prompt, extra_data, outputs, sensitive, created)"
                 " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?)",
-                (prompt_id, float(num), json.dumps(prompt), json.dumps(extra_data), json.dumps(outputs),
-                 json.dumps(sensitive or {}), time.time()))
+                (prompt_id, float(num), json.dumps(prompt, allow_nan=False), json.dumps(extra_data, allow_nan=False),
+                 json.dumps(outputs), "{}", time.time()))
+            if sensitive:
+                self._secrets[prompt_id] = dict(sensitive)
             return num
 
         return self._tx(insert)
@@ -170,7 +229,7 @@ class QueueStore:
             if row is None:
                 return None
             self._db.execute("UPDATE queue SET state = 'running' WHERE prompt_id = ?", (row[1],))
-            return _item(row)
+            return self._item(row)
 
         return self._tx(pop)
 
@@ -182,6 +241,7 @@ class QueueStore:
                                     (prompt_id,)).rowcount
             if gone != 1:
                 return False
+            self._secrets.pop(prompt_id, None)
             self._insert_history(prompt_id, entry)
             return True
 
@@ -197,6 +257,7 @@ class QueueStore:
             if row is None:
                 return False
             self._db.execute("DELETE FROM queue WHERE prompt_id = ?", (prompt_id,))
+            self._secrets.pop(prompt_id, None)
             message = ["execution_interrupted", {"prompt_id": prompt_id, "node_id": None, "node_type": None,
                                                  "executed": [], "timestamp": int(time.time() * 1000)}]
             self._insert_history(prompt_id, history_entry(_item(row), "error", False, [message], {}, {}))
@@ -209,7 +270,7 @@ class QueueStore:
         self._tx(lambda: [self._insert_history(pid, entry) for pid, entry in entries])
 
     def _insert_history(self, prompt_id: str, entry: dict) -> None:
-        text = json.dumps(entry, default=str)
+        text = json.dumps(bodies.finite_or_none(entry), default=str, allow_nan=False)
         self._db.execute(
             "INSERT INTO history (prompt_id, entry, status, create_time, duration, workflow_id, job)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)", (prompt_id, text, *_job_columns(prompt_id, json.loads(text))))
@@ -222,7 +283,7 @@ class QueueStore:
             rows = self._db.execute(
                 "SELECT number, prompt_id, prompt, extra_data, outputs, sensitive FROM queue"
                 " WHERE state = ? ORDER BY number, prompt_id", (state,)).fetchall()
-        return [_item(r) for r in rows]
+        return [self._item(r) for r in rows]
 
     def pending_count(self) -> int:
         with self._lock:
@@ -235,10 +296,25 @@ class QueueStore:
     def delete_pending(self, prompt_ids: list[str] | None = None) -> int:
         """Removes pending prompts (all of them when `prompt_ids` is None); running ones stay."""
         if prompt_ids is None:
-            return self._tx(lambda: self._db.execute("DELETE FROM queue WHERE state = 'pending'").rowcount)
-        ids = [str(p) for p in prompt_ids]
-        return self._tx(lambda: sum(self._db.execute(
-            "DELETE FROM queue WHERE state = 'pending' AND prompt_id = ?", (p,)).rowcount for p in ids))
+            ids = [r[0] for r in self._db.execute("SELECT prompt_id FROM queue WHERE state = 'pending'").fetchall()]
+        else:
+            ids = [str(p) for p in prompt_ids]
+
+        def delete() -> int:
+            gone = 0
+            for pid in ids:
+                if self._db.execute("DELETE FROM queue WHERE state = 'pending' AND prompt_id = ?", (pid,)).rowcount:
+                    self._secrets.pop(pid, None)
+                    gone += 1
+            return gone
+
+        return self._tx(delete)
+
+    def _item(self, row: tuple) -> QueueItem:
+        """The queue item of a row, with its sensitive extra_data from memory."""
+        item = _item(row)
+        return QueueItem(item.number, item.prompt_id, item.prompt, item.extra_data, item.outputs,
+                         dict(self._secrets.get(item.prompt_id, {})))
 
     # -- history ------------------------------------------------------------------------------
 
@@ -255,12 +331,12 @@ class QueueStore:
                     " LIMIT ?) ORDER BY seq", (max_items,)).fetchall()
             else:
                 rows = self._db.execute("SELECT prompt_id, entry FROM history ORDER BY seq").fetchall()
-        return {pid: json.loads(entry) for pid, entry in rows}
+        return {pid: _strict(entry) for pid, entry in rows}
 
     def history_entry(self, prompt_id: str) -> dict | None:
         with self._lock:
             row = self._db.execute("SELECT entry FROM history WHERE prompt_id = ?", (prompt_id,)).fetchone()
-        return json.loads(row[0]) if row else None
+        return _strict(row[0]) if row else None
 
     def history_count(self) -> int:
         with self._lock:
@@ -374,9 +450,14 @@ def _job_columns(prompt_id: str, entry: dict) -> tuple:
 
 
 def _item(row: tuple) -> QueueItem:
-    number, prompt_id, prompt, extra_data, outputs, sensitive = row
-    return QueueItem(number=number, prompt_id=prompt_id, prompt=json.loads(prompt),
-                     extra_data=json.loads(extra_data), outputs=json.loads(outputs), sensitive=json.loads(sensitive))
+    number, prompt_id, prompt, extra_data, outputs, _ = row
+    return QueueItem(number=number, prompt_id=prompt_id, prompt=_strict(prompt), extra_data=_strict(extra_data),
+                     outputs=_strict(outputs), sensitive={})
+
+
+def _strict(text: str) -> Any:
+    """JSON that an older version may have written with NaN/Infinity: those become null."""
+    return bodies.finite_or_none(json.loads(text))
 
 
 def history_entry(item: QueueItem, status_str: str, completed: bool, messages: list,

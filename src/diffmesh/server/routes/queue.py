@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import math
 import time
 import uuid
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from diffmesh.server import bodies
 from diffmesh.server.jobs import is_canonical_id
 from diffmesh.server.routes.common import fail, query_int, read_json, state
 from diffmesh.server.store import DuplicatePromptId
@@ -56,12 +57,10 @@ async def post_prompt(request: Request):
         return _prompt_error("invalid_prompt_id", "prompt_id must be a valid UUID",
                              "prompt_id must be a UUID string in canonical lowercase hyphenated form; "
                              "omit it to let the server generate one")
-    if not isinstance(prompt, dict):
-        return _prompt_error("invalid_prompt", "The prompt must be a JSON object of node id → node",
-                             f"got {type(prompt).__name__}")
+    fault = _body_fault(body)
+    if fault is not None:
+        return _prompt_error("invalid_prompt", *fault)
     extra_data = body.get("extra_data") or {}
-    if not isinstance(extra_data, dict):
-        return _prompt_error("invalid_prompt", "extra_data must be a JSON object", f"got {type(extra_data).__name__}")
     targets = body.get("partial_execution_targets")
     runtime = await asyncio.to_thread(s.runtime.get)
     valid, error, outputs, node_errors = await asyncio.to_thread(_validate, runtime.executor, prompt, targets)
@@ -72,7 +71,7 @@ async def post_prompt(request: Request):
     if body.get("client_id"):
         extra_data["client_id"] = str(body["client_id"])
     extra_data["create_time"] = int(time.time() * 1000)
-    number = _number(body.get("number"))
+    number = None if body.get("number") is None else float(body["number"])
     try:
         num = s.store.enqueue(prompt_id, prompt, extra_data, list(outputs), sensitive,
                               number=number, front=bool(body.get("front")))
@@ -84,13 +83,36 @@ async def post_prompt(request: Request):
     return {"prompt_id": prompt_id, "number": num, "node_errors": node_errors or {}}
 
 
-def _number(value: Any) -> float | None:
-    if value is None:
-        return None
+def _body_fault(body: dict) -> tuple[str, str] | None:
+    """(message, where) for a /prompt body whose parts have the wrong JSON types, else None."""
+    shape = bodies.prompt_shape_error(body["prompt"])
+    if shape is not None:
+        return shape
+    if body.get("extra_data") is not None and not isinstance(body["extra_data"], dict):
+        return "extra_data must be a JSON object", f"extra_data: got {type(body['extra_data']).__name__}"
+    for key in ("client_id", "prompt_id"):
+        value = body.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+            return f"{key} must be a string", f"{key}: got {type(value).__name__}"
+    targets = body.get("partial_execution_targets")
+    if targets is not None and not (isinstance(targets, list) and all(
+            isinstance(t, (str, int)) and not isinstance(t, bool) for t in targets)):
+        return "partial_execution_targets must be a list of node ids", "partial_execution_targets"
+    number = body.get("number")
+    if number is not None and not _finite_number(number):
+        return "number must be a finite number", f"number: got {str(number)[:40]!r}"
+    if body.get("front") is not None and not isinstance(body["front"], bool):
+        return "front must be a boolean", f"front: got {type(body['front']).__name__}"
+    return None
+
+
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise fail(400, "invalid_prompt", "number must be a number", f"got {value!r}") from None
+        return math.isfinite(float(value))
+    except OverflowError:                           # an integer beyond the float range
+        return False
 
 
 def _validate(executor, prompt: dict, targets) -> tuple[bool, dict | None, list, dict]:
@@ -155,10 +177,10 @@ async def post_interrupt(request: Request):
     body = await request.body()
     prompt_id = None
     try:
-        data = json.loads(body) if body.strip() else {}
-        if isinstance(data, dict) and data.get("prompt_id"):
+        data = bodies.loads(body) if body.strip() else {}
+        if isinstance(data, dict) and isinstance(data.get("prompt_id"), (str, int)) and data["prompt_id"] != "":
             prompt_id = str(data["prompt_id"])
-    except ValueError:
+    except bodies.BodyError:
         pass  # ComfyUI accepts an invalid body here and interrupts whatever runs
     state(request).dispatcher.interrupt(prompt_id)
     return Response(status_code=200)

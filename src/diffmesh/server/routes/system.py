@@ -80,7 +80,7 @@ def _placement(s) -> dict:
     """Which device runs what: the engine's own description once the runtime is built."""
     runtime = s.runtime.peek()
     info: dict = {"version": _version("diffmesh"), "runtime_ready": runtime is not None,
-                  "running_prompts": s.dispatcher.running()}
+                  "running_prompts": s.dispatcher.running(), "websocket": s.hub.describe()}
     engine = getattr(runtime, "engine", None) if runtime is not None else None
     if engine is not None and hasattr(engine, "describe"):
         try:
@@ -99,10 +99,28 @@ async def get_system_stats(request: Request):
         "os": sys.platform, "ram_total": mem.total, "ram_free": mem.available,
         "comfyui_version": COMFYUI_VERSION, **packages.system_fields(), "deploy_environment": "local",
         "python_version": sys.version, "pytorch_version": _version("torch"),
-        "embedded_python": False, "argv": list(sys.argv), "machine": platform.machine(),
+        "embedded_python": False, "argv": redact_argv(sys.argv), "machine": platform.machine(),
     }
     devices = await asyncio.to_thread(_devices, s.runtime.ready)
     return {"system": system, "devices": devices, "diffmesh": _placement(s)}
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """The command line with the access token's value replaced (`--auth-token T`, `--auth-token=T`):
+    /system_stats shows argv (the frontend reads it), and the token must never leave the server."""
+    out, hide_next = [], False
+    for arg in argv:
+        name, eq, _ = arg.partition("=")
+        is_token_flag = len(name) >= 6 and "--auth-token".startswith(name)   # argparse takes abbreviations
+        if hide_next:
+            out.append("<hidden>")
+            hide_next = False
+        elif is_token_flag and eq:
+            out.append(f"{name}=<hidden>")
+        else:
+            out.append(arg)
+            hide_next = is_token_flag
+    return out
 
 
 async def get_features(request: Request):
