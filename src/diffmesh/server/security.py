@@ -22,11 +22,12 @@ TOKEN_COOKIE = "diffmesh_token"
 CORS_METHODS = "POST, GET, DELETE, PUT, OPTIONS, PATCH"
 CORS_HEADERS = "Content-Type, Authorization"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# Routes whose bodies are JSON and whose frontend (1.35.9, src/scripts/api.ts) sends
+# Routes whose bodies are JSON and whose frontend (1.35.9 and 1.58.1, src/scripts/api.ts) sends
 # `Content-Type: application/json`: a browser request with another type is a cross-site form or
 # `fetch` without preflight, never the UI. /settings gets text/plain from the UI (a string body
-# without a header) and /userdata raw bodies; uploads are multipart.
-JSON_ROUTES = frozenset({"/prompt", "/queue", "/history", "/interrupt", "/free", "/users", "/internal/logs/subscribe"})
+# without a header), /userdata raw bodies, /jobs/{id}/cancel no body; uploads are multipart.
+JSON_ROUTES = frozenset({"/prompt", "/queue", "/history", "/interrupt", "/free", "/users", "/jobs/cancel",
+                         "/internal/logs/subscribe"})
 TEXT_OR_JSON_ROUTES = ("/settings",)
 
 
