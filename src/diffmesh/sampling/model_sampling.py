@@ -114,6 +114,10 @@ class ModelSampling:
             noise = noise * sigma
         return noise + latent_image
 
+    def inverse_noise_scaling(self, sigma, latent: torch.Tensor) -> torch.Tensor:
+        """eps/v latents leave the sampler as they are (flow latents are divided by 1 - sigma)."""
+        return latent
+
     def is_max_denoise(self, sigmas: torch.Tensor) -> bool:
         """True when the schedule starts at sigma_max (relative tolerance 1e-5) or above."""
         max_sigma = float(self.sigma_max)

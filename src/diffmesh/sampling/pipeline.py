@@ -90,5 +90,7 @@ def run_sample_job(model, job, on_step: Callable[[int, int, torch.Tensor], None]
     options = {**spec.options, **(job.sampler_options or {})}
     samples = spec.fn(denoiser, x, sigmas, extra_args={"seed": job.seed}, callback=callback,
                       noise_sampler=noise_sampler, **options)
+    # a flow schedule stopped early (sigma_end > 0) leaves (1 - sigma) x0 + sigma noise: ComfyUI divides by 1 - sigma
+    samples = ms.inverse_noise_scaling(sigmas[-1], samples)
     out = fmt.process_out(samples.to(torch.float32))
     return out.to(device="cpu", dtype=torch.float32)

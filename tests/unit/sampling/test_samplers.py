@@ -150,3 +150,26 @@ def test_uni_pc_uses_one_model_call_per_step():
     calls = model.calls
     run_sample_job(model, make_job(model, "uni_pc", batch=1, steps=6, cfg=1.0), None)
     assert len(calls) == 6
+
+
+def test_flow_model_pipeline_scales_noise_and_unscales_a_partial_schedule():
+    """Flow models start from sigma*noise + (1 - sigma)*latent and, like ComfyUI's CONST sampling,
+    divide a result stopped at sigma_end > 0 by 1 - sigma_end."""
+    from diffmesh.sampling.guidance import Denoiser
+    from diffmesh.sampling.model_sampling import FlowModelSampling
+    from diffmesh.sampling.samplers_k import sample_euler
+
+    model = ToyModel()
+    model.model_sampling = FlowModelSampling("shift", 3.0)
+    lat = torch.full((1, 4, 8, 8), 0.5)
+    noise = prepare_noise(lat, 3)
+    sigmas = torch.tensor([0.9, 0.6, 0.3])
+    job = SampleJob(latent=lat, noise=noise, sigmas=sigmas, sampler_name="euler", cfg=1.0, seed=3,
+                    positive=conditioning(0.1), negative=conditioning(0.0))
+    out = run_sample_job(model, job, None)
+    latent_in = lat * 0.18215
+    x = 0.9 * noise + 0.1 * latent_in
+    denoiser = Denoiser(model, job.positive, job.negative, 1.0, tuple(lat.shape), latent_image=latent_in, noise=noise)
+    want = sample_euler(denoiser, x, sigmas) / (1 - 0.3) / 0.18215
+    assert torch.allclose(out, want, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(out, want * 0.7, rtol=1e-3, atol=1e-3)
