@@ -11,6 +11,7 @@ import torch
 
 from diffmesh.graph.validate import validate_prompt
 from diffmesh.models.text.load import CLIP_TYPES, DUAL_CLIP_TYPES
+from diffmesh.models.text.testfiles import TINY
 from diffmesh.nodes.base import NodeContext, NodeDef, NodeSchema, inp
 from diffmesh.nodes.registry import build_registry
 from diffmesh.runtime import Runtime
@@ -130,10 +131,13 @@ def test_clip_text_encode_with_each_loader_type(runtime):
     [[q, q_opts]] = encode(runtime, qwen, "a photo of a cat")
     [[s, s_opts]] = encode(runtime, sd, "a photo of a cat")
     [[f, f_opts]] = encode(runtime, flux, "a photo of a cat")
-    assert z.shape == (1, 13, 64) and torch.equal(z_opts["attention_mask"], torch.ones(1, 13, dtype=torch.long))
-    assert q.shape == (1, 10, 64) and q_opts == {"pooled_output": None}
-    assert s.shape == (1, 77, 32) and s_opts["pooled_output"].shape == (1, 32)
-    assert f.shape == (1, 256, 32) and f_opts["pooled_output"].shape == (1, 32) and "guidance" not in f_opts
+    width = {name: dims.get("hidden", dims.get("d_model")) for name, dims in TINY.items()}
+    assert z.shape == (1, 13, width["qwen3_4b"])
+    assert torch.equal(z_opts["attention_mask"], torch.ones(1, 13, dtype=torch.long))
+    assert q.shape == (1, 10, width["qwen25_7b"]) and q_opts == {"pooled_output": None}
+    assert s.shape == (1, 77, width["clip_l"]) and s_opts["pooled_output"].shape == (1, width["clip_l"])
+    assert f.shape == (1, 256, width["t5xxl"]) and f_opts["pooled_output"].shape == (1, width["clip_l"])
+    assert "guidance" not in f_opts
 
 
 def test_dual_clip_loader_takes_its_files_in_either_order(runtime):
