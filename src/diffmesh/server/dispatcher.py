@@ -8,13 +8,19 @@ stores its history entry (`finish`: once and only once), releases the lease and 
 A lone prompt gets every free worker (batch/CFG parallel may apply); with several pending, one
 worker each. With one worker, or an engine without leases, prompts run one at a time as before.
 `/interrupt` with a prompt id stops that prompt and its leased workers only.
+
+The loop outlives any exception: one raised while starting a prompt fails that prompt (history
+entry with an `execution_error` message saying what failed), releases its workers and goes on;
+one raised before a prompt was taken is logged and the loop tries again a second later. A result
+that cannot be stored is replaced by an error entry with the reason.
 """
 
 from __future__ import annotations
 
-import logging
 import inspect
+import logging
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -126,11 +132,16 @@ class Dispatcher:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if self._free_pending():
-                if not self.running():              # /free waits until no prompt runs
-                    self._apply_free()
+            try:
+                if self._free_pending():
+                    if not self.running():          # /free waits until no prompt runs
+                        self._apply_free()
+                        continue
+                elif self._start_next():
                     continue
-            elif self._start_next():
+            except Exception:  # noqa: BLE001 - the loop must outlive any bug; a taken prompt was failed already
+                log.exception("the dispatcher loop hit an error; it goes on in a second")
+                self._stop.wait(1.0)                # an error that repeats must not spin the loop
                 continue
             self._wake.wait(1.0)
             self._wake.clear()
@@ -153,18 +164,28 @@ class Dispatcher:
             lease = engine.acquire(pending=pending, timeout=0)
             if lease is None:                       # every worker is busy: wait for a release
                 return False
-        item = self.store.dequeue()
+        try:
+            item = self.store.dequeue()
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
         if item is None:                            # deleted meanwhile
             if lease is not None:
                 lease.release()
             return False
-        active = _Active(PromptRun(item, self.hub, self.config), InterruptFlag(), lease)
-        thread = threading.Thread(target=self._run, args=(item, active), daemon=True,
-                                  name=f"diffmesh-prompt-{item.prompt_id[:8]}")
-        with self._lock:
-            self._running[item.prompt_id] = active
-            self._threads[item.prompt_id] = thread
-        thread.start()
+        try:
+            active = _Active(PromptRun(item, self.hub, self.config), InterruptFlag(), lease)
+            thread = threading.Thread(target=self._run, args=(item, active), daemon=True,
+                                      name=f"diffmesh-prompt-{item.prompt_id[:8]}")
+            with self._lock:
+                self._running[item.prompt_id] = active
+                self._threads[item.prompt_id] = thread
+            thread.start()
+        except Exception as exc:  # noqa: BLE001 - the prompt was taken: fail it, give its workers back
+            log.exception("prompt %s could not be started", item.prompt_id)
+            self._forget(item.prompt_id, lease)
+            self._finish(item, failure_entry(item, exc, "the server could not start this prompt"))
         return True
 
     def _engine(self) -> Any:
@@ -183,20 +204,43 @@ class Dispatcher:
             self.broadcast_status()
             result = self._execute(active, item)
             entry = active.run.history_entry(result)
-        except Exception:  # a bug in the server itself: the prompt is finished as an error
+        except Exception as exc:  # a bug in the server itself: the prompt is finished as an error
             log.exception("prompt %s failed outside the executor", item.prompt_id)
-            entry = history_entry(item, "error", False, [], {}, {})
+            entry = failure_entry(item, exc, "the server failed while running this prompt")
         finally:
-            if active.lease is not None:
-                active.lease.release()
+            self._forget(item.prompt_id, active.lease)
+        self._finish(item, entry)
+        try:
+            self.broadcast_status()
+            active.run.send("executing", {"node": None, "prompt_id": item.prompt_id})
+        except Exception:  # noqa: BLE001 - the result is stored; a client that misses the end polls /history
+            log.exception("could not tell the clients that prompt %s ended", item.prompt_id)
+
+    def _forget(self, prompt_id: str, lease: Any) -> None:
+        """The prompt no longer runs: give its workers back and let the loop start the next one."""
+        try:
+            if lease is not None:
+                lease.release()
+        finally:
             with self._lock:
-                self._running.pop(item.prompt_id, None)
-                self._threads.pop(item.prompt_id, None)
+                self._running.pop(prompt_id, None)
+                self._threads.pop(prompt_id, None)
             self.wake()
-        if not self.store.finish(item.prompt_id, entry):
+
+    def _finish(self, item: QueueItem, entry: dict) -> None:
+        """Store the prompt's history entry once; an entry that cannot be stored is replaced by an
+        error entry saying why, so the prompt never stays `running` (and would run again)."""
+        try:
+            stored = self.store.finish(item.prompt_id, entry)
+        except Exception as exc:  # noqa: BLE001 - e.g. a full disk, or a value SQLite/JSON refuses
+            log.exception("could not store the result of prompt %s; storing an error instead", item.prompt_id)
+            try:
+                stored = self.store.finish(item.prompt_id, failure_entry(item, exc, "its result could not be stored"))
+            except Exception:  # noqa: BLE001 - the store itself fails: after a restart the prompt runs again
+                log.exception("could not store prompt %s at all; it runs again after a restart", item.prompt_id)
+                return
+        if not stored:
             log.warning("prompt %s was not running any more; its result is dropped", item.prompt_id)
-        self.broadcast_status()
-        active.run.send("executing", {"node": None, "prompt_id": item.prompt_id})
 
     def _execute(self, active: _Active, item: QueueItem) -> Any:
         run = active.run
@@ -237,6 +281,17 @@ class Dispatcher:
                 executor.reset_cache()
         except Exception:
             log.exception("/free failed")
+
+
+def failure_entry(item: QueueItem, exc: BaseException, what: str) -> dict:
+    """A history entry for a prompt the server itself failed: status error, with ComfyUI's
+    `execution_error` message (no node) carrying `what` and the exception."""
+    name = (type(exc).__module__ + "." + type(exc).__qualname__).removeprefix("builtins.")
+    message = {"prompt_id": item.prompt_id, "node_id": None, "node_type": None, "executed": [],
+               "exception_message": f"{what}: {type(exc).__name__}: {exc}", "exception_type": name,
+               "traceback": traceback.format_exception(exc), "current_inputs": {}, "current_outputs": [],
+               "timestamp": int(time.time() * 1000)}
+    return history_entry(item, "error", False, [["execution_error", message]], {}, {})
 
 
 def _accepts(fn, name: str) -> bool:
