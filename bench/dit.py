@@ -1,0 +1,114 @@
+"""Diffusion-transformer benchmark: per-step sampling time and peak RSS of the full-width reference
+Flux.1-dev transformer (make_dit_random.py: width 3072, 1 double + 1 single block, fp32) at 256x256
+and 1024x1024, sampled like the reference run (KSampler euler/simple, cfg 1, FluxGuidance 3.5,
+ModelSamplingFlux for the size, a 256-row T5-like context). Each size runs in its own subprocess,
+so peak RSS is per size and includes loading the 2.2 GB file.
+
+    python bench/dit.py                              # 2 threads, sizes 256 and 1024
+    python bench/dit.py --threads 1 --sizes 256 --steps 4 --out bench/results/dit-1thread.json
+
+Output: one JSON document on stdout and in bench/results/dit.json (or --out), next to ComfyUI
+0.8.0's figures for the 256x256 reference run (reference README: KSampler 10.1 s for 4 steps,
+model load 0.9 s, peak RSS 4.5 GiB for the whole process with the VAE decode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = REPO / ".cache" / "dit" / "flux1-dev-random.safetensors"
+MAKER = Path("/work/shared/reference/make_dit_random.py")
+GIB = 1024 ** 3
+COMFYUI_256 = {"ksampler_s": 10.1, "steps": 4, "per_step_s": 10.1 / 4, "load_s": 0.9, "peak_rss_gib": 4.5,
+               "note": "ComfyUI 0.8.0, reference machine (2 cores, fp32, 2 threads); RSS of the whole process "
+                       "including the VAE decode"}
+
+
+def _ensure_model() -> Path:
+    if not MODEL.exists():
+        MODEL.parent.mkdir(parents=True, exist_ok=True)
+        if MAKER.exists():
+            subprocess.run([sys.executable, str(MAKER), "--family", "flux", "--part", "model", "--out", str(MODEL)],
+                           check=True)
+        else:
+            from diffmesh.models.testmodels import make_test_model
+
+            make_test_model("flux", "reference", MODEL)
+    return MODEL
+
+
+def run_one(size: int, steps: int, threads: int) -> dict:
+    """In this process: load, then sample `steps` euler steps at `size`; per-step times from the callback."""
+    import torch
+
+    from diffmesh.models.handle import ModelHandle
+    from diffmesh.models.load import build_component
+    from diffmesh.nodes.dit import flux_mu
+    from diffmesh.nodes.sampling import model_sampling_for
+    from diffmesh.sampling.job import SampleJob
+    from diffmesh.sampling.noise import prepare_noise
+    from diffmesh.sampling.pipeline import run_sample_job
+    from diffmesh.sampling.schedules import ksampler_sigmas
+
+    torch.set_num_threads(threads)
+    handle = ModelHandle(str(MODEL), "unet", "flux", sampling=("flux", flux_mu(1.15, 0.5, size, size), 1.0))
+    start = time.perf_counter()
+    model = build_component(handle, "cpu")
+    load_s = time.perf_counter() - start
+    g = torch.Generator().manual_seed(0)
+    cond = [[torch.randn(1, 256, 4096, generator=g), {"pooled_output": torch.randn(1, 768, generator=g),
+                                                      "guidance": 3.5}]]
+    latent = torch.zeros(1, 16, size // 8, size // 8)
+    job = SampleJob(latent=latent, noise=prepare_noise(latent, 42, None),
+                    sigmas=ksampler_sigmas(model_sampling_for(handle), "simple", "euler", steps, 1.0),
+                    sampler_name="euler", cfg=1.0, positive=cond, negative=cond, seed=42)
+    marks = [time.perf_counter()]
+    with torch.inference_mode():
+        run_sample_job(model, job, lambda step, total, x0: marks.append(time.perf_counter()))
+    per_step = [b - a for a, b in zip(marks, marks[1:])]
+    return {"size": size, "steps": steps, "threads": threads, "load_s": round(load_s, 3),
+            "per_step_s": [round(t, 3) for t in per_step], "mean_step_s": round(sum(per_step) / len(per_step), 3),
+            "sampling_s": round(sum(per_step), 3),
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB, 3)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
+    ap.add_argument("--steps", type=int, default=None, help="euler steps (default: 4 at 256, 2 above)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "dit.json"))
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child is not None:
+        print(json.dumps(run_one(a.child, a.steps, a.threads)))
+        return 0
+    _ensure_model()
+    runs = []
+    for size in a.sizes:
+        steps = a.steps or (4 if size <= 256 else 2)
+        out = subprocess.run([sys.executable, __file__, "--child", str(size), "--steps", str(steps),
+                              "--threads", str(a.threads)], check=True, capture_output=True, text=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    result = {"benchmark": "dit", "model": "flux1-dev-random (3072 wide, 1 double + 1 single block, fp32)",
+              "machine": {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]},
+              "runs": runs, "comfyui_0_8_0_256": COMFYUI_256}
+    small = next((r for r in runs if r["size"] == 256), None)
+    if small:
+        result["per_step_ratio_vs_comfyui_256"] = round(small["mean_step_s"] / COMFYUI_256["per_step_s"], 3)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
