@@ -3,7 +3,9 @@
 A node's signature covers its class, its IS_CHANGED value, its constants and, through links,
 everything upstream; node ids do not matter (except for not-idempotent nodes), so the same
 subgraph under new ids hits the cache. Policies: "classic" keeps only the current prompt's
-entries, "lru" keeps the last N outputs across prompts, "none" caches nothing.
+entries, "lru" keeps the last N outputs across prompts, "none" caches nothing. Node states follow
+the outputs: classic keeps the current prompt's nodes' states, lru a node's state while an output
+that node wrote is cached (so states stay bounded by N too), none keeps none between prompts.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class ExecutionCache:
         self._lock = threading.RLock()
         self._outputs: OrderedDict[Any, CacheEntry] = OrderedDict()
         self._states: dict[tuple[str, str], dict] = {}
+        self._state_sigs: dict[tuple[str, str], Any] = {}             # lru: the output a state goes with
         self._claims: dict[tuple[str, str], "CacheSession"] = {}     # states in use by a running prompt
         self._active: set["CacheSession"] = set()
         self._last: CacheSession | None = None
@@ -110,6 +113,8 @@ class ExecutionCache:
             if self.policy != "lru":
                 keep = {(nid, node.get("class_type")) for nid, node in prompt.items()} | set(self._claims)
                 self._states = {k: v for k, v in self._states.items() if k in keep and self.policy != "none"}
+            else:
+                self._prune_states()
             session = CacheSession(self, signatures)
             self._active.add(session)
             self._last = session
@@ -130,17 +135,26 @@ class ExecutionCache:
         with self._lock:
             self._outputs[key] = entry
             self._outputs.move_to_end(key)
-            if self.policy == "lru":
+            if self.policy == "lru" and len(self._outputs) > self.size:
                 while len(self._outputs) > self.size:
                     self._outputs.popitem(last=False)
+                self._prune_states()
 
-    def _state(self, session: "CacheSession", key: tuple[str, str]) -> dict | None:
-        """The shared state dict for `key`, claimed by `session`; None when another prompt holds it."""
+    def _prune_states(self) -> None:
+        """lru: drop the states whose node's output is no longer cached, unless a prompt holds them."""
+        keep = {k for k in self._states if k in self._claims or self._state_sigs.get(k) in self._outputs}
+        self._states = {k: v for k, v in self._states.items() if k in keep}
+        self._state_sigs = {k: v for k, v in self._state_sigs.items() if k in keep}
+
+    def _state(self, session: "CacheSession", key: tuple[str, str], signature: Any = None) -> dict | None:
+        """The shared state dict for `key`, claimed by `session`; None when another prompt holds it.
+        `signature` is the node's output key in this prompt: under lru the state lives as long as it."""
         with self._lock:
             holder = self._claims.get(key)
             if holder is not None and holder is not session:
                 return None
             self._claims[key] = session
+            self._state_sigs[key] = signature
             return self._states.setdefault(key, {})
 
     def _end(self, session: "CacheSession") -> None:
@@ -157,9 +171,15 @@ class ExecutionCache:
         with self._lock:
             self._outputs.clear()
             self._states.clear()
+            self._state_sigs.clear()
 
     def __len__(self) -> int:
         return len(self._outputs)
+
+    def state_count(self) -> int:
+        """Node instance states kept (for tests and tools)."""
+        with self._lock:
+            return len(self._states)
 
 
 class CacheSession:
@@ -196,7 +216,7 @@ class CacheSession:
         key = (node_id, class_type)
         if self.cache.policy == "none":
             return self._private.setdefault(key, {})
-        shared = self.cache._state(self, key)
+        shared = self.cache._state(self, key, self.signatures.get(node_id))
         return shared if shared is not None else self._private.setdefault(key, {})
 
     def close(self) -> None:
