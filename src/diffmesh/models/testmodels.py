@@ -19,7 +19,7 @@ import torch
 from diffmesh.errors import ModelError
 from diffmesh.models import testspecs as ts
 
-TEST_MODELS_VERSION = "2"
+TEST_MODELS_VERSION = "3"
 
 # Tiny text encoders: vocabulary and positions stay real (49408, 77) so real prompts tokenize.
 TINY_CLIP_L = dict(hidden=32, layers=2, inter=128)
@@ -108,7 +108,10 @@ def make_test_model(family: str, size: str, out_path: str | os.PathLike, seed: i
     if family in TEXT_ENCODERS:         # text encoders in ComfyUI's file layouts (clip_l, t5xxl, ...): tiny | full
         return make_text_encoder(family, size, out, seed)
     from diffmesh.models.dit.testfiles import FILES, make_dit_file
+    from diffmesh.models import testmodels_dit
 
+    if family in testmodels_dit.FAMILIES:       # zimage, qwenimage, wan21vae: tiny | reference (= full)
+        return testmodels_dit.write(family, size, out, seed)
     if family in FILES:                 # diffusion transformers and their VAEs: tiny | reference
         if size not in ("tiny", "reference"):
             raise ModelError(f"no {size!r} test model for {family!r}", where="make_test_model",
@@ -239,4 +242,7 @@ def write_test_models(base_dir: str | os.PathLike) -> dict:
     from diffmesh.models.dit.testfiles import write_flux_test_files
 
     out["flux"] = write_flux_test_files(models)     # diffusion_models/, vae/, loras/: tiny Flux files
+    from diffmesh.models.testmodels_dit import write_tiny_dit_models
+
+    out["dit"] = write_tiny_dit_models(models)      # tiny Z-Image, Qwen-Image, Wan 2.1 VAE
     return out

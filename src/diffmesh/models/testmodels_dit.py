@@ -5,7 +5,9 @@ Two sizes per family:
     Wan 2.1 VAE); `--size full` is the same. Same init and per-key seeds as that script, so the file has
     the same tensors (`zimage` 3.6 GB, `qwenimage` 1.5 GB, `wan21vae` 0.5 GB; written one tensor at a
     time).
-  - "tiny": width 64 (2 heads of 32), caption/text width 32, the Wan VAE at base width 8 — every key
+  - "tiny": width 64 (2 heads of 32), caption/text width 64 (the hidden size of the tiny Qwen3-4B and
+    Qwen2.5-VL text encoders of `models.text.testfiles`, so tiny workflows run end to end), the Wan
+    VAE at base width 8 — every key
     name and structural marker of the real files (Z-Image's 2 noise + 2 context refiners, pad tokens,
     `adaLN_modulation.0`; Qwen-Image's two streams; the VAE's 4 levels and causal time convs), so
     detection, loading, 5-D latents and sampling run through the real code in well under a second.
@@ -28,9 +30,9 @@ from diffmesh.errors import ModelError
 from diffmesh.models.testspecs import key_seed
 
 ZIMAGE = {"reference": dict(dim=3840, heads=30, cap=2560, t_hidden=1024, layers=1),
-          "tiny": dict(dim=64, heads=2, cap=32, t_hidden=64, layers=1)}
+          "tiny": dict(dim=64, heads=2, cap=64, t_hidden=64, layers=1)}
 QWENIMAGE = {"reference": dict(dim=3072, head_dim=128, joint=3584, layers=1),
-             "tiny": dict(dim=64, head_dim=32, joint=32, layers=1)}
+             "tiny": dict(dim=64, head_dim=32, joint=64, layers=1)}
 WAN_VAE = {"reference": dict(dim=96), "tiny": dict(dim=8)}
 FAMILIES = ("zimage", "qwenimage", "wan21vae")
 # file names the reference runs (and ComfyUI's folders) use

@@ -39,13 +39,14 @@ def is_wan_vae(keys) -> bool:
     """True for a Wan VAE file in the original layout (Wan 2.1 / Qwen-Image; also Wan 2.2, which
     `build_wan_vae` refuses with a message)."""
     keys = set(keys)
-    return MARKER in keys or "first_stage_model." + MARKER in keys
+    return any(prefix + MARKER in keys for prefix in ("", "first_stage_model.", "vae."))
 
 
 def _strip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    prefix = "first_stage_model."
-    if any(k.startswith(prefix) for k in sd):
-        return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    """The VAE part of a file: bare, or under `first_stage_model.` / `vae.` in an all-in-one file."""
+    for prefix in ("first_stage_model.", "vae."):
+        if prefix + MARKER in sd:
+            return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     return dict(sd)
 
 

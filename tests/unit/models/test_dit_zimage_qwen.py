@@ -74,7 +74,7 @@ def test_rope_angles_are_exact_at_long_caption_positions():
 def test_zimage_short_captions_are_padded_with_the_learned_token(zimage_sd):
     net = _net("zimage", zimage_sd)
     x, t = torch.randn(1, 16, 8, 8), torch.tensor([0.6])
-    ctx = torch.randn(1, 20, 32)
+    ctx = torch.randn(1, 20, 64)
     base = net(x, t, ctx)
     with torch.no_grad():
         net.cap_pad_token.add_(0.5)
@@ -86,7 +86,7 @@ def test_zimage_short_captions_are_padded_with_the_learned_token(zimage_sd):
 
 def test_zimage_pad_token_does_not_touch_full_captions(zimage_sd):
     net = _net("zimage", zimage_sd)
-    x, t, ctx = torch.randn(1, 16, 8, 8), torch.tensor([0.3]), torch.randn(1, 32, 32)
+    x, t, ctx = torch.randn(1, 16, 8, 8), torch.tensor([0.3]), torch.randn(1, 32, 64)
     before = net(x, t, ctx)
     with torch.no_grad():
         net.cap_pad_token.add_(0.5)
@@ -97,13 +97,13 @@ def test_zimage_pad_token_does_not_touch_full_captions(zimage_sd):
 
 def test_zimage_odd_latent_sizes_are_padded_and_cropped_back(zimage_sd):
     net = _net("zimage", zimage_sd)
-    out = net(torch.randn(1, 16, 5, 7), torch.tensor([0.5]), torch.randn(1, 9, 32))
+    out = net(torch.randn(1, 16, 5, 7), torch.tensor([0.5]), torch.randn(1, 9, 64))
     assert out.shape == (1, 16, 5, 7) and torch.isfinite(out).all()
 
 
 def test_qwen_takes_5d_latents_and_batch_rows_do_not_mix(qwen_sd):
     net = _net("qwenimage", qwen_sd)
-    x, t, ctx = torch.randn(2, 16, 1, 6, 8), torch.tensor([0.9, 0.4]), torch.randn(2, 7, 32)
+    x, t, ctx = torch.randn(2, 16, 1, 6, 8), torch.tensor([0.9, 0.4]), torch.randn(2, 7, 64)
     both = net(x, t, ctx)
     assert both.shape == (2, 16, 1, 6, 8)
     for i in range(2):
@@ -114,5 +114,5 @@ def test_qwen_takes_5d_latents_and_batch_rows_do_not_mix(qwen_sd):
 def test_qwen_text_changes_the_prediction(qwen_sd):
     net = _net("qwenimage", qwen_sd)
     x, t = torch.randn(1, 16, 1, 4, 4), torch.tensor([0.7])
-    a, b = net(x, t, torch.randn(1, 5, 32)), net(x, t, torch.randn(1, 11, 32))
+    a, b = net(x, t, torch.randn(1, 5, 64)), net(x, t, torch.randn(1, 11, 64))
     assert (a - b).abs().max() > 1e-3
