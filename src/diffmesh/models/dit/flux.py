@@ -136,6 +136,13 @@ def _layer_norm(x):
     return F.layer_norm(x, (x.shape[-1],), eps=1e-6)
 
 
+def _fp16_safe(x):
+    """fp16 activations of Flux overflow; ComfyUI clamps them to the fp16 range after each block."""
+    if x.dtype == torch.float16:
+        return torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
+    return x
+
+
 class DoubleStreamBlock(nn.Module):
     """Separate weights for image and text tokens, one joint attention over [text | image]."""
 
@@ -165,7 +172,7 @@ class DoubleStreamBlock(nn.Module):
         img = img + img_mod[5] * self.img_mlp(torch.addcmul(img_mod[3], _layer_norm(img), 1 + img_mod[4]))
         txt = txt + txt_mod[2] * self.txt_attn.proj(txt_attn)
         txt = txt + txt_mod[5] * self.txt_mlp(torch.addcmul(txt_mod[3], _layer_norm(txt), 1 + txt_mod[4]))
-        return img, txt
+        return img, _fp16_safe(txt)
 
 
 class SingleStreamBlock(nn.Module):
@@ -187,7 +194,7 @@ class SingleStreamBlock(nn.Module):
         q, k, v = _split_heads(qkv, self.heads)
         q, k = self.norm(q, k, v)
         out = self.linear2(torch.cat((attention(q, k, v, pe), F.gelu(mlp, approximate="tanh")), 2))
-        return x + gate * out
+        return _fp16_safe(x + gate * out)
 
 
 class LastLayer(nn.Module):
@@ -260,7 +267,7 @@ class Flux(nn.Module):
         pe = rope_tables(torch.cat((txt_ids, img_ids), 1), self.axes_dim, self.theta)
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, pe)
-        joint = torch.cat((txt, img), 1)
+        joint = torch.cat((txt, _fp16_safe(img)), 1)
         for block in self.single_blocks:
             joint = block(joint, vec, pe)
         out = self.final_layer(joint[:, txt.shape[1]:], vec)
