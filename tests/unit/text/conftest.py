@@ -12,7 +12,7 @@ import pytest
 from diffmesh.models.load import WeightStore
 
 CACHE = Path(__file__).resolve().parents[3] / ".cache"
-VERSION = "2"
+VERSION = "3"
 # file name -> (family, folder): one file lives in the legacy clip/ folder, as in old ComfyUI installs
 FILES = {"tiny-clip_l.safetensors": ("clip_l", "text_encoders"), "tiny-t5xxl.safetensors": ("t5xxl", "text_encoders"),
          "tiny-qwen_3_4b.safetensors": ("qwen3_4b", "text_encoders"),

@@ -17,12 +17,12 @@ from diffmesh.errors import ModelError
 from diffmesh.models import testspecs as ts
 
 # Widths match what the tiny DiTs read (models.dit.testfiles, models.testmodels_dit): Flux context 64
-# (T5) and pooled 32 (CLIP-L), Z-Image caption 32 (Qwen3), Qwen-Image joint 32 (Qwen2.5)
+# (T5) and pooled 32 (CLIP-L), Z-Image caption 64 (Qwen3), Qwen-Image joint 64 (Qwen2.5)
 TINY = {
     "clip_l": dict(hidden=32, layers=2, inter=64),
     "t5xxl": dict(vocab=32128, d_model=64, d_kv=16, heads=4, d_ff=128, layers=2),
-    "qwen3_4b": dict(vocab=151936, hidden=32, heads=4, kv_heads=2, head_dim=16, inter=64, layers=3),
-    "qwen25_7b": dict(vocab=152064, hidden=32, heads=1, kv_heads=1, head_dim=128, inter=64, layers=3),
+    "qwen3_4b": dict(vocab=151936, hidden=64, heads=4, kv_heads=2, head_dim=16, inter=128, layers=3),
+    "qwen25_7b": dict(vocab=152064, hidden=64, heads=1, kv_heads=1, head_dim=128, inter=128, layers=3),
 }
 FULL = {
     "clip_l": dict(hidden=768, layers=12, inter=3072),
