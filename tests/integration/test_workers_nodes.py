@@ -69,11 +69,14 @@ def test_cpu_workers_flag_starts_one_thread_worker_processes(two):
 def test_two_workers_list_their_devices_for_the_device_combos(two):
     assert two.engine.device_names() == ["cpu:0", "cpu:1"]
     info = two.registry.object_info(two.paths, two.engine.device_names())
-    assert info["SelectVAEDevice"]["input"]["required"]["device"][0] == ["default", "cpu:0", "cpu:1"]
+    # ComfyUI's options first (the two CPU workers stand in for gpu:0 and gpu:1), then diffmesh's names
+    assert info["SelectModelDevice"]["input"]["required"]["device"][0] == [
+        "default", "cpu", "gpu:0", "gpu:1", "cpu:0", "cpu:1"]
+    assert info["SelectVAEDevice"]["input"]["required"]["device"][0] == ["default", "gpu:0", "gpu:1", "cpu:0", "cpu:1"]
 
 
 def test_cfg_split_node_gives_the_image_of_one_worker(one, two):
-    split = {"10": {"class_type": "MultiGPU_WorkUnits", "inputs": {"model": ["4", 0], "strategy": "cfg"}}}
+    split = {"10": {"class_type": "MultiGPU_WorkUnits", "inputs": {"model": ["4", 0], "max_gpus": 2}}}
     got = image(two, workflow(split, model=("10", 0)))
     assert two.engine.last_plan.strategy == "cfg"
     torch.testing.assert_close(got, image(one, workflow()), rtol=1e-4, atol=1e-4)
@@ -88,3 +91,31 @@ def test_select_vae_device_moves_the_vae_and_an_unknown_device_passes_through(on
     assert two.executor.cache.get("11").outputs[0][0].device == "cpu:0"
     assert two.engine.worker_for(two.executor.cache.get("11").outputs[0][0]) == 0
     torch.testing.assert_close(got, image(one, workflow()), rtol=1e-4, atol=1e-4)
+
+
+def test_comfyui_gpu_options_place_models_on_the_nth_worker(one, two):
+    nodes = {"11": {"class_type": "SelectVAEDevice", "inputs": {"vae": ["4", 2], "device": "gpu:0"}},
+             "12": {"class_type": "SelectModelDevice", "inputs": {"model": ["4", 0], "device": "gpu:1"}}}
+    got = image(two, workflow(nodes, model=("12", 0), vae=("11", 0)))
+    assert two.engine.worker_for(two.executor.cache.get("11").outputs[0][0]) == 0
+    assert two.engine.worker_for(two.executor.cache.get("12").outputs[0][0]) == 1
+    torch.testing.assert_close(got, image(one, workflow()), rtol=1e-4, atol=1e-4)
+
+
+def test_multigpu_options_speeds_split_the_batch_and_max_gpus_one_runs_single(one, two):
+    batch4 = {"5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 4}}}
+    nodes = {**batch4,
+             "20": {"class_type": "MultiGPU_Options", "inputs": {"device_index": 0, "relative_speed": 1.0}},
+             "21": {"class_type": "MultiGPU_Options", "inputs": {"device_index": 1, "relative_speed": 3.0,
+                                                                 "gpu_options": ["20", 0]}},
+             "10": {"class_type": "MultiGPU_WorkUnits", "inputs": {"model": ["4", 0], "max_gpus": 2,
+                                                                  "gpu_options": ["21", 0], "strategy": "batch"}}}
+    got = image(two, workflow(nodes, model=("10", 0)))
+    plan = two.engine.last_plan
+    assert plan.strategy == "batch"
+    rows = {w: stop - start for w, (start, stop) in zip(plan.workers, plan.ranges)}
+    assert rows == {0: 1, 1: 3}                     # in proportion to the speeds the nodes gave
+    torch.testing.assert_close(got, image(one, workflow(batch4)), rtol=1e-4, atol=1e-4)
+    single = {"10": {"class_type": "MultiGPU_WorkUnits", "inputs": {"model": ["4", 0], "max_gpus": 1}}}
+    image(two, workflow(single, model=("10", 0)))
+    assert two.engine.last_plan.strategy == "single"

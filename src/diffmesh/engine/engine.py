@@ -39,7 +39,7 @@ from diffmesh.models.handle import ModelHandle
 from diffmesh.parallel import batch as batch_parallel
 from diffmesh.parallel import cfg as cfg_parallel
 from diffmesh.parallel.queue import WorkerPool
-from diffmesh.parallel.request import parallel_request, plain_handle
+from diffmesh.parallel.request import parallel_options, plain_handle
 
 Progress = Callable[[dict], None]
 log = logging.getLogger("diffmesh.engine")
@@ -78,10 +78,12 @@ class EngineScope:
         return place(handle, self.placement, self.workers, others)
 
     def plan(self, model: ModelHandle, job) -> SamplePlan:
-        mode = parallel_request(model) or self.root.parallel      # a node's request wins over the flag
+        request = parallel_options(model)                          # a node's request wins over the flag
+        mode = request.strategy if request is not None else self.root.parallel
         workload = Workload(batch=int(job.latent.shape[0]), cfg=float(job.cfg))
         main = self.worker_for(plain_handle(model))
-        return plan_sample(workload, self.workers, mode, main_worker=main)
+        workers = request.workers_for(self.workers, main) if request is not None else self.workers
+        return plan_sample(workload, workers, mode, main_worker=main)
 
     # -- calls with one retry ------------------------------------------------------------------
     def _retry_worker(self, failed: int) -> int:
