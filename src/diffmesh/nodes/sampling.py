@@ -66,13 +66,29 @@ def _progress(ctx: NodeContext, family: str):
     return on_event
 
 
+def fix_empty_latent(samples: torch.Tensor, family: str) -> torch.Tensor:
+    """An empty latent of another format becomes one of the model's (ComfyUI's fix_empty_latent_channels):
+    zeros repeated to its channel count (EmptyLatentImage's 4 channels for a 16-channel model) and a
+    time axis for the 5-D Wan-format latents. Done before the noise is drawn, so the noise has the
+    model's shape and equals ComfyUI's."""
+    from diffmesh.sampling.conds import repeat_to_batch_size
+    from diffmesh.sampling.latent_formats import for_family
+
+    fmt = for_family(family)
+    if fmt.channels != samples.shape[1] and torch.count_nonzero(samples) == 0:
+        samples = repeat_to_batch_size(samples, fmt.channels, dim=1)
+    if fmt.dimensions == 3 and samples.ndim == 4:
+        samples = samples.unsqueeze(2)
+    return samples
+
+
 def run_sampler(ctx: NodeContext, model, seed: int, cfg: float, sampler_name: str, positive: list,
                 negative: list, latent: dict, sigmas: torch.Tensor, add_noise: bool = True) -> tuple:
     """Shared part of both KSamplers; returns the new LATENT dict (spec §4.4: a copy of the input)."""
     from diffmesh.sampling.job import SampleJob
     from diffmesh.sampling.noise import prepare_noise
 
-    samples = latent["samples"]
+    samples = fix_empty_latent(latent["samples"], model.family)
     if len(sigmas) == 0:                                    # denoise 0 / start past the end: unchanged
         return ({**latent},)
     if add_noise:

@@ -136,3 +136,20 @@ def test_image_scale_to_total_pixels(ctx, megapixels, steps, size):
     image = torch.rand(1, 100, 100, 3)
     (out,) = dit.scale_to_total_pixels(ctx, image, "bilinear", megapixels, steps)
     assert out.shape == (1, size[0], size[1], 3)
+
+
+def test_an_empty_4_channel_latent_becomes_the_models_format_before_the_noise(reference_dir):
+    """EmptyLatentImage into a Flux KSampler: 16 zero channels, so the seed's noise is ComfyUI's."""
+    from safetensors.torch import load_file
+
+    from diffmesh.nodes.sampling import fix_empty_latent
+    from diffmesh.sampling.noise import prepare_noise
+
+    fixed = fix_empty_latent(torch.zeros(1, 4, 32, 32), "flux")
+    assert fixed.shape == (1, 16, 32, 32)
+    reference = load_file(str(reference_dir / "flux_256_euler" / "components.safetensors"))["noise"]
+    assert torch.equal(prepare_noise(fixed, 42), reference)
+    assert fix_empty_latent(torch.zeros(1, 4, 32, 32), "qwenimage").shape == (1, 16, 1, 32, 32)
+    assert fix_empty_latent(torch.zeros(1, 4, 8, 8), "sd1").shape == (1, 4, 8, 8)
+    filled = torch.ones(1, 4, 8, 8)
+    assert fix_empty_latent(filled, "flux") is filled           # a real latent is never changed
