@@ -11,6 +11,7 @@ memory manager can move or stream them like any module.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from pathlib import Path
@@ -32,11 +33,14 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16
 class WeightStore:
     """CPU state dicts per file, loaded once; derived data (converted weights, configs) per key.
 
+    A file replaced on disk (its size, mtime or inode changed since it was read) is noticed on the
+    next use: everything held for it is dropped and the new file is read.
     `reads[path]` counts file reads, which tests use to prove a strength change does not re-read."""
 
     def __init__(self):
         self._files: dict[str, dict[str, torch.Tensor]] = {}
         self._derived: dict[Any, Any] = {}
+        self._stamps: dict[str, tuple[int, int, int]] = {}    # path -> (size, mtime_ns, inode) when used
         self._patched: set[str] = set()             # files used with LoRA: their tensors are kept
         self._lock = threading.RLock()
         self.reads: Counter = Counter()
@@ -44,6 +48,7 @@ class WeightStore:
     def state_dict(self, path: str | Path) -> dict[str, torch.Tensor]:
         key = str(Path(path).resolve())
         with self._lock:
+            self._check_unchanged(key)
             if key not in self._files:
                 self._files[key] = _read_file(key)
                 self.reads[key] += 1
@@ -63,15 +68,30 @@ class WeightStore:
 
     def derived(self, key: Any, make: Callable[[], Any]) -> Any:
         with self._lock:
+            if isinstance(key, tuple) and key and isinstance(key[0], str):
+                self._check_unchanged(key[0])       # keys of file data start with the file's path
             if key not in self._derived:
                 self._derived[key] = make()
             return self._derived[key]
+
+    def _check_unchanged(self, key: str) -> None:
+        """Drop what is held for file `key` when the file on disk is not the one it came from."""
+        try:
+            info = os.stat(key)
+        except OSError:                     # not a file path (or gone): reading it reports the error
+            return
+        stamp = (info.st_size, info.st_mtime_ns, info.st_ino)
+        previous = self._stamps.get(key)
+        if previous is not None and previous != stamp:
+            self.drop(key)
+        self._stamps[key] = stamp
 
     def drop(self, path: str | Path) -> None:
         """Forget a file and everything derived from it (e.g. after it changed on disk)."""
         key = str(Path(path).resolve())
         with self._lock:
             self._files.pop(key, None)
+            self._stamps.pop(key, None)
             for k in [k for k in self._derived if isinstance(k, tuple) and k and k[0] == key]:
                 del self._derived[k]
 
