@@ -19,7 +19,7 @@ import torch
 from diffmesh.errors import ModelError
 from diffmesh.models import testspecs as ts
 
-TEST_MODELS_VERSION = "3"
+TEST_MODELS_VERSION = "4"
 
 # Tiny text encoders: vocabulary and positions stay real (49408, 77) so real prompts tokenize.
 TINY_CLIP_L = dict(hidden=32, layers=2, inter=128)

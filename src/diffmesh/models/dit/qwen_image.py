@@ -216,6 +216,20 @@ def config(shapes: dict[str, tuple]) -> dict:
     }
 
 
+def lora_names(cfg: dict) -> dict:
+    """LyCORIS spellings (`lycoris_<module with _>`) of the modules. The file already uses diffusers'
+    names, so diffusers/PEFT (`transformer.<module>`), kohya (`lora_unet_<module with _>`) and ComfyUI
+    (`diffusion_model.<module>`) LoRAs name the modules directly."""
+    modules = ["img_in", "txt_in", "proj_out", "norm_out.linear", "time_text_embed.timestep_embedder.linear_1",
+               "time_text_embed.timestep_embedder.linear_2"]
+    for i in range(cfg["num_layers"]):
+        b = f"transformer_blocks.{i}"
+        modules += [f"{b}.img_mod.1", f"{b}.txt_mod.1", f"{b}.attn.to_out.0", f"{b}.attn.to_add_out"]
+        modules += [f"{b}.attn.{p}" for p in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")]
+        modules += [f"{b}.{m}.{layer}" for m in ("img_mlp", "txt_mlp") for layer in ("net.0.proj", "net.2")]
+    return {"lycoris_" + m.replace(".", "_"): (m, None) for m in modules}
+
+
 def describe(cfg: dict) -> str:
     return f"Qwen-Image, width {cfg['dim']}, {cfg['num_heads']} heads, {cfg['num_layers']} blocks"
 
@@ -230,4 +244,5 @@ FAMILY = DiTFamily(
     sampling=("flux", 1.15, 1.0),       # ModelSamplingFlux with the default shift 1.15
     extra_conds=lambda options, x_shape: {},
     describe=describe,
+    lora_names=lora_names,
 )

@@ -228,6 +228,31 @@ def config(shapes: dict[str, tuple]) -> dict:
     }
 
 
+def lora_names(cfg: dict) -> dict:
+    """LoRA module names that differ from this module's -> (module, rows of its weight or None).
+
+    diffusers/PEFT Z-Image LoRAs (and ComfyUI- or kohya-spelled ones trained on diffusers' names) split
+    the fused `attention.qkv` into `to_q`/`to_k`/`to_v` rows and call `attention.out` `to_out.0`,
+    `x_embedder` `all_x_embedder.2-1` and the final layer `all_final_layer.2-1`. kohya and ComfyUI
+    LoRAs on ComfyUI's own names need no entry (the loader accepts every module's own name)."""
+    q, kv = cfg["n_heads"] * cfg["head_dim"], cfg["n_kv_heads"] * cfg["head_dim"]
+    names: dict = {"all_x_embedder.2-1": ("x_embedder", None),
+                   "all_final_layer.2-1.linear": ("final_layer.linear", None),
+                   "all_final_layer.2-1.adaLN_modulation.1": ("final_layer.adaLN_modulation.1", None)}
+    blocks = [f"layers.{i}" for i in range(cfg["n_layers"])] + [
+        f"{kind}.{i}" for kind in ("noise_refiner", "context_refiner") for i in range(cfg["n_refiner_layers"])]
+    for b in blocks:
+        names.update({f"{b}.attention.to_q": (f"{b}.attention.qkv", (0, q)),
+                      f"{b}.attention.to_k": (f"{b}.attention.qkv", (q, kv)),
+                      f"{b}.attention.to_v": (f"{b}.attention.qkv", (q + kv, kv)),
+                      f"{b}.attention.to_out.0": (f"{b}.attention.out", None)})
+    out = dict(names)
+    for name, target in names.items():        # the same names as ComfyUI, kohya and LyCORIS files write them
+        flat = name.replace(".", "_")
+        out.update({"diffusion_model." + name: target, "lora_unet_" + flat: target, "lycoris_" + flat: target})
+    return out
+
+
 def describe(cfg: dict) -> str:
     return (f"Z-Image, width {cfg['dim']}, {cfg['n_heads']} heads, {cfg['n_layers']} layers "
             f"+ {cfg['n_refiner_layers']} noise and context refiners")
@@ -243,4 +268,5 @@ FAMILY = DiTFamily(
     sampling=("shift", 3.0, 1.0),       # ModelSamplingDiscreteFlow shift 3, the model sees sigma
     extra_conds=lambda options, x_shape: {},
     describe=describe,
+    lora_names=lora_names,
 )
