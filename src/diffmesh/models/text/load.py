@@ -10,6 +10,7 @@ id ("flux", "zimage", "qwenimage"): the encoders are found in the file by key su
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -36,6 +37,8 @@ RUNNABLE = {
 RECIPE_NAMES = {"stable_diffusion": "SD1.x CLIP-L", "lumina2": "Z-Image (Qwen3-4B)",
                 "qwen_image": "Qwen-Image (Qwen2.5-VL-7B)", "flux": "Flux.1 (CLIP-L + T5-XXL)"}
 CHECKPOINT_FAMILIES = {"flux": "flux", "zimage": "lumina2", "qwenimage": "qwen_image"}
+
+log = logging.getLogger(__name__)
 
 
 def is_text_encoder_family(family: str | None) -> bool:
@@ -91,11 +94,49 @@ def _clip_l(store, path: str, prefix: str, device, dtype):
     return _materialize(lambda: CLIPTextModel(cfg), sd, f"{path} (CLIP-L)", device, dtype)
 
 
+def _sd_clip(handle: ModelHandle, located, store, device, dtype):
+    from diffmesh.models.families import sd1
+    from diffmesh.models.text_encoder import TextEncoder
+    from diffmesh.models.tokenizer import CLIPTokenizer
+
+    model = _clip_l(store, *located["clip_l"], device, dtype)
+    return TextEncoder(sd1.FAMILY, [model], handle.clip_skip, handle.embedding_dirs,
+                       store.derived("clip-tokenizer", CLIPTokenizer))
+
+
+def _flux(handle: ModelHandle, located, store, device, dtype):
+    from diffmesh.models.text import encoders, tokenizers as tk
+    from diffmesh.models.text.language import build_language_model
+    from diffmesh.models.tokenizer import CLIPTokenizer
+
+    clip_l = _clip_l(store, *located["clip_l"], device, dtype)
+    path, prefix = located["t5xxl"]
+    t5 = build_language_model("t5xxl", _sub_state_dict(store, path, prefix), device, dtype, f"{path} (T5-XXL)")
+    # tokenizers are kept per worker (WeightStore): reading a vocabulary takes seconds
+    return encoders.FluxTextEncoder(clip_l, t5, handle.clip_skip, handle.embedding_dirs,
+                                    store.derived("clip-tokenizer", CLIPTokenizer),
+                                    store.derived("t5-tokenizer", tk.t5_tokenizer))
+
+
+def _llm(recipe: str):
+    def build(handle: ModelHandle, located, store, device, dtype):
+        from diffmesh.models.text import encoders, tokenizers as tk
+        from diffmesh.models.text.language import build_language_model
+
+        kind = RUNNABLE[recipe][0]
+        path, prefix = located[kind]
+        model = build_language_model(kind, _sub_state_dict(store, path, prefix), device, dtype, f"{path} ({kind})")
+        return encoders.LLMTextEncoder(encoders.ZIMAGE if recipe == "lumina2" else encoders.QWEN_IMAGE, model,
+                                       handle.clip_skip, handle.embedding_dirs,
+                                       store.derived("qwen-tokenizer", tk.qwen_tokenizer))
+    return build
+
+
+BUILDERS = {"stable_diffusion": _sd_clip, "flux": _flux, "lumina2": _llm("lumina2"), "qwen_image": _llm("qwen_image")}
+
+
 def build_text_encoder(handle: ModelHandle, device: torch.device, dtype: torch.dtype, store):
     """The encoder component of a text-encoder handle (see the module docstring)."""
-    from diffmesh.models.text import encoders
-    from diffmesh.models.text.language import build_language_model
-
     recipe = CHECKPOINT_FAMILIES.get(handle.family, handle.family)
     located = _locate(handle, store)
     missing = [k for k in RUNNABLE[recipe] if k not in located]
@@ -104,37 +145,8 @@ def build_text_encoder(handle: ModelHandle, device: torch.device, dtype: torch.d
                          f"{', '.join(files.KINDS[k] for k in located) or 'no text encoder'}",
                          where=", ".join((handle.path, *handle.extra_paths)), fix="load the matching text encoder files")
     if handle.loras:
-        import logging
-
-        logging.getLogger(__name__).warning("LoRA patches are not applied to the %s text encoder", recipe)
-    if recipe == "stable_diffusion":
-        from diffmesh.models.families import sd1
-        from diffmesh.models.text_encoder import TextEncoder
-        from diffmesh.models.tokenizer import CLIPTokenizer
-
-        model = _clip_l(store, *located["clip_l"], device, dtype)
-        component = TextEncoder(sd1.FAMILY, [model], handle.clip_skip, handle.embedding_dirs,
-                                store.derived("clip-tokenizer", CLIPTokenizer))
-    elif recipe == "flux":
-        from diffmesh.models.text import tokenizers as tk
-        from diffmesh.models.tokenizer import CLIPTokenizer
-
-        clip_l = _clip_l(store, *located["clip_l"], device, dtype)
-        path, prefix = located["t5xxl"]
-        t5 = build_language_model("t5xxl", _sub_state_dict(store, path, prefix), device, dtype, f"{path} (T5-XXL)")
-        component = encoders.FluxTextEncoder(clip_l, t5, handle.clip_skip, handle.embedding_dirs,
-                                             store.derived("clip-tokenizer", CLIPTokenizer),
-                                             store.derived("t5-tokenizer", tk.t5_tokenizer))
-    else:
-        from diffmesh.models.text import tokenizers as tk
-
-        kind = RUNNABLE[recipe][0]
-        path, prefix = located[kind]
-        model = build_language_model(kind, _sub_state_dict(store, path, prefix), device, dtype, f"{path} ({kind})")
-        # tokenizers are kept per worker (WeightStore): reading a vocabulary takes seconds
-        component = encoders.LLMTextEncoder(encoders.ZIMAGE if recipe == "lumina2" else encoders.QWEN_IMAGE, model,
-                                            handle.clip_skip, handle.embedding_dirs,
-                                            store.derived("qwen-tokenizer", tk.qwen_tokenizer))
+        log.warning("LoRA patches are not applied to the %s text encoder (not supported yet)", recipe)
+    component = BUILDERS[recipe](handle, located, store, device, dtype)
     for extra in handle.extra_paths:
         if not handle.loras:
             store.drop(extra)          # the built modules now hold these weights (store.built releases `path`)
