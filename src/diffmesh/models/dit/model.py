@@ -17,6 +17,7 @@ casting to the compute dtype happens here.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,11 @@ from diffmesh.errors import ModelError
 from diffmesh.models.component import DeviceAndDtype
 from diffmesh.models.dit import DiTFamily, family as dit_family
 
+log = logging.getLogger(__name__)
+
 SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
+# LoRA names of the text-encoder part of a file: the text encoder's builder applies them
+TEXT_ENCODER_LORA_PREFIXES = ("lora_te", "text_encoder", "te1.", "te2.", "lora_te1_", "lora_te2_")
 DROPPED = ("scaled_fp8",)
 DROPPED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")
 FP8_NAMES = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn,
@@ -138,6 +143,9 @@ def _apply_loras(sd: dict, scales: dict, patches: list, aliases: dict, where: st
     for pairs, strength in patches:
         if strength == 0:
             continue
+        unknown = [n for n in pairs if n not in aliases and not n.startswith(TEXT_ENCODER_LORA_PREFIXES)]
+        if unknown:    # ComfyUI's "lora key not loaded": the file addresses modules this model lacks
+            log.warning("%d LoRA modules match nothing in %s, e.g. %s", len(unknown), where, unknown[:3])
         for name, (up, down, alpha) in pairs.items():
             target = aliases.get(name)
             if target is None:
