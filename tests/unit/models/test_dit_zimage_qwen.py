@@ -116,3 +116,15 @@ def test_qwen_text_changes_the_prediction(qwen_sd):
     x, t = torch.randn(1, 16, 1, 4, 4), torch.tensor([0.7])
     a, b = net(x, t, torch.randn(1, 5, 64)), net(x, t, torch.randn(1, 11, 64))
     assert (a - b).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name,shape", [("zimage", (1, 16, 8, 8)), ("qwenimage", (1, 16, 1, 8, 8))])
+def test_half_precision_weights_run_and_stay_close_to_fp32(zimage_sd, qwen_sd, name, shape):
+    """bf16 weights compute in bf16 (RoPE and norms as in fp32) and land near the fp32 output."""
+    net = _net(name, zimage_sd if name == "zimage" else qwen_sd)
+    g = torch.Generator().manual_seed(0)
+    x, ctx, t = torch.randn(shape, generator=g), torch.randn((1, 12, 64), generator=g), torch.tensor([0.8])
+    full = net(x, t, ctx)
+    half = net.to(torch.bfloat16)(x.bfloat16(), t, ctx.bfloat16()).float()
+    assert torch.isfinite(half).all()
+    assert float((half - full).norm() / full.norm()) < 0.05

@@ -117,6 +117,8 @@ class Block(nn.Module):
         img = torch.addcmul(img, img_gate, self.img_mlp(img_in))
         txt_in, txt_gate = _modulate(_layer_norm(txt), txt_mod2)
         txt = torch.addcmul(txt, txt_gate, self.txt_mlp(txt_in))
+        if img.dtype == torch.float16:          # both streams outgrow fp16 in real checkpoints
+            img, txt = img.clip(-65504, 65504), txt.clip(-65504, 65504)
         return img, txt
 
 

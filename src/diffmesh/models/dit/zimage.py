@@ -38,6 +38,13 @@ TIME_SCALE = 1000.0
 PATCH = 2
 
 
+def _clamp_fp16(x: torch.Tensor) -> torch.Tensor:
+    """fp16 activations of Z-Image overflow; ComfyUI maps inf/nan to the fp16 range, so do we."""
+    if x.dtype == torch.float16:
+        return torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
+    return x
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -78,7 +85,7 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(dim, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(_clamp_fp16(F.silu(self.w1(x)) * self.w3(x)))
 
 
 class Block(nn.Module):
@@ -97,12 +104,12 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
         if not self.modulation:
-            x = x + self.attention_norm2(self.attention(self.attention_norm1(x), rope))
+            x = x + self.attention_norm2(_clamp_fp16(self.attention(self.attention_norm1(x), rope)))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
         scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(temb).unsqueeze(1).chunk(4, dim=-1)
-        attn = self.attention(self.attention_norm1(x) * (1 + scale_msa), rope)
+        attn = _clamp_fp16(self.attention(self.attention_norm1(x) * (1 + scale_msa), rope))
         x = x + gate_msa.tanh() * self.attention_norm2(attn)
-        ffn = self.feed_forward(self.ffn_norm1(x) * (1 + scale_mlp))
+        ffn = _clamp_fp16(self.feed_forward(self.ffn_norm1(x) * (1 + scale_mlp)))
         return x + gate_mlp.tanh() * self.ffn_norm2(ffn)
 
 
