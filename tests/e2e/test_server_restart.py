@@ -1,9 +1,10 @@
 """Prompts survive a hard kill: queued and running prompts run after a restart on the same user
-directory, and each one completes once and only once."""
+directory, and each one completes once and only once; each history entry names its own image, and
+what the prompt cut off by the kill had written stays beside its re-run's file, never overwritten."""
 
 from __future__ import annotations
 
-import sqlite3
+import json
 import time
 
 import pytest
@@ -57,9 +58,29 @@ def test_killed_server_runs_every_queued_prompt_once_after_restart(models_base, 
             later = http.post("/api/prompt", json={"prompt": txt2img(seed=99)}).json()
             assert later["number"] > max(numbers)  # the counter survives the restart
             wait_for_history(http, later["prompt_id"])
+            history = http.get("/api/history").json()
     finally:
         second.stop()
-    db = sqlite3.connect(base / "user" / "diffmesh" / "queue.sqlite3")
-    rows = db.execute("SELECT prompt_id, COUNT(*) FROM history GROUP BY prompt_id HAVING COUNT(*) > 1").fetchall()
-    assert rows == []
-    assert db.execute("SELECT COUNT(*) FROM history").fetchone()[0] == COUNT + 1
+    assert len(history) == COUNT + 1
+    _check_outputs(base / "output", history)
+
+
+def _check_outputs(folder, history: dict) -> None:
+    """Each history entry names its own file, holding its own prompt's seed. Files no entry names
+    are what the prompt running at the kill wrote before it died (its re-run saved under a new
+    counter): at most one such prompt (one worker), and it is in history with a file of its own."""
+    from PIL import Image
+
+    def seed_in(path) -> int:
+        with Image.open(path) as png:
+            return json.loads(png.text["prompt"])["3"]["inputs"]["seed"]
+
+    named = {}
+    for entry in history.values():
+        (image,) = entry["outputs"]["9"]["images"]
+        path = folder / image["subfolder"] / image["filename"]
+        assert seed_in(path) == entry["prompt"][2]["3"]["inputs"]["seed"], f"{path.name} holds another prompt"
+        named[path.name] = seed_in(path)
+    assert len(named) == len(history)                                  # no two entries share a file
+    orphans = {p.name: seed_in(p) for p in folder.glob("*.png") if p.name not in named}
+    assert len(set(orphans.values())) <= 1 and set(orphans.values()) <= set(named.values()), orphans

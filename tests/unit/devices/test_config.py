@@ -29,9 +29,17 @@ def test_defaults_on_a_machine_without_gpus_give_one_cpu_worker_in_normalvram():
     assert spec.settings["vram_budget"] is None and spec.settings["smart_memory"] is True
 
 
-def test_cpu_workers_get_one_thread_each_on_two_cores(monkeypatch):
-    specs = parse("--cpu", "--workers", "2", "--threads-per-worker", "1").worker_specs()
-    assert [(s.worker_id, s.device, s.threads) for s in specs] == [(0, "cpu", 1), (1, "cpu", 1)]
+@pytest.mark.parametrize("cores, workers, threads", [(2, 2, 1), (8, 2, 4), (16, 3, 5), (2, 4, 1)])
+def test_cpu_workers_share_the_cores_by_default(monkeypatch, cores, workers, threads):
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    specs = parse("--cpu", "--workers", str(workers)).worker_specs()
+    assert [(s.worker_id, s.device, s.threads) for s in specs] == [(i, "cpu", threads) for i in range(workers)]
+
+
+def test_one_cpu_worker_keeps_torchs_thread_default_and_the_flag_overrides(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert [s.threads for s in parse("--cpu").worker_specs()] == [None]          # torch: all cores
+    assert [s.threads for s in parse("--cpu", "--workers", "2", "--threads-per-worker", "3").worker_specs()] == [3, 3]
 
 
 @pytest.mark.parametrize("argv, flag", [

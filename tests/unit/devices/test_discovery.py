@@ -19,10 +19,14 @@ def test_cpu_info_reports_cores_and_ram():
     assert info.logical_cores >= 1 and info.ram_total > info.ram_available > 0 and info.name
 
 
-def test_nvml_fails_soft_with_a_reason_when_there_is_no_driver():
+def test_nvml_reports_the_driver_and_devices_or_fails_soft_with_a_reason():
     report = nvml_report()
-    if not torch.cuda.is_available():
-        assert report.available is False and report.reason
+    if report.available:                 # an NVIDIA driver: NVML sees at least the devices torch sees
+        assert report.driver_version and report.reason is None
+        assert len(report.devices) >= torch.cuda.device_count()
+        assert all(d.name and d.memory_total > 0 for d in report.devices)
+    else:                                # no driver or no library: a reason, no devices, no exception
+        assert report.reason and report.devices == []
 
 
 def test_host_memcpy_bandwidth_is_measured():
@@ -30,10 +34,15 @@ def test_host_memcpy_bandwidth_is_measured():
     assert result.seconds > 0 and result.gb_per_s > 0.1
 
 
-def test_peer_matrix_is_empty_without_cuda_devices():
+def test_peer_matrix_has_a_row_and_column_per_cuda_device_and_x_on_the_diagonal():
     system = discover(with_nvml=False)
-    if not system.accelerators:
-        assert peer_matrix(system.accelerators) == {}
+    cuda = [a.torch_device for a in system.accelerators if a.kind == "cuda"]
+    assert len(cuda) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    matrix = peer_matrix(system.accelerators)
+    assert sorted(matrix) == sorted(cuda)                     # {} on a machine without CUDA devices
+    for src, row in matrix.items():
+        assert sorted(row) == sorted(cuda) and row[src] == "X"
+        assert all(row[dst] in ("P2P", "SYS") or row[dst].startswith("NV") for dst in row if dst != src)
 
 
 def test_precision_defaults_to_fp32_on_cpu_and_flags_override():
@@ -47,11 +56,17 @@ def test_precision_defaults_to_fp32_on_cpu_and_flags_override():
     assert resolve_precision("vae", DeviceFacts("cuda", (7, 5))).storage == torch.float32
 
 
-def test_doctor_without_gpu_says_so_and_advises_cpu_workers():
+def test_doctor_lists_each_gpu_or_says_there_is_none_and_advises_cpu_workers():
     diagnosis = examine(measure=True, nbytes=4 * 1024 ** 2)
     text = format_text(diagnosis)
     assert "CPU:" in text and "Advice:" in text and "GB/s" in text
-    if not diagnosis.system.has_gpu:
+    gpus = diagnosis.system.accelerators
+    assert diagnosis.system.has_gpu == bool(gpus)
+    if gpus:                             # each device on its own line, and no advice to run on the CPU
+        assert "GPUs: none found" not in text
+        assert all(f"{g.torch_device}: {g.name}" in text for g in gpus)
+        assert not any(a.topic == "devices" and a.flags.startswith("--cpu") for a in diagnosis.advice)
+    else:
         assert "GPUs: none found" in text
         assert any(a.topic == "devices" and a.flags.startswith("--cpu") for a in diagnosis.advice)
 
