@@ -25,6 +25,7 @@ from diffmesh.server.config import ServerConfig
 from diffmesh.server.dispatcher import Dispatcher
 from diffmesh.server.runtime_ref import RuntimeRef, RuntimeUnavailable
 from diffmesh.config.paths import UnsafePath
+from diffmesh.server.schemas import install_openapi
 from diffmesh.server.security import GuardMiddleware
 from diffmesh.server.store import QueueStore
 from diffmesh.server.ws import ConnectionHub
@@ -94,6 +95,7 @@ def create_app(runtime: Any, server_config: ServerConfig, paths: Any = None) -> 
     app.state.diffmesh = state
     _install_error_handlers(app)
     _install_routes(app)
+    install_openapi(app)
     app.add_middleware(GuardMiddleware, config=server_config)
     return app
 

@@ -38,9 +38,12 @@ def query_int(request: Request, name: str, default: int | None = None) -> int | 
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise fail(400, "bad_request", f"query parameter {name!r} must be an integer", f"got {value!r}") from None
+        raise fail(400, "bad_request", f"query parameter {name!r} must be an integer", f"got {value[:40]!r}") from None
+    if abs(number) >= 2**63:                       # SQLite integers are 64-bit
+        raise fail(400, "bad_request", f"query parameter {name!r} is out of range", f"got {value[:40]!r}")
+    return number
 
 
 def query_bool(request: Request, name: str, default: bool = False) -> bool:
