@@ -109,6 +109,8 @@ def test_a_file_that_does_not_fit_the_type_names_the_file_and_what_it_holds(runt
         node(runtime, "CLIPLoader")(ctx(runtime), clip_name=T5, type="lumina2")
     text = str(err.value)
     assert T5 in text and "T5-XXL" in text and "Qwen3" in text
+    with pytest.raises(ValueError, match="these files fit type 'lumina2'"):
+        node(runtime, "CLIPLoader")(ctx(runtime), clip_name=QWEN3, type="stable_diffusion")
     with pytest.raises(ValueError, match="Qwen2.5"):
         node(runtime, "DualCLIPLoader")(ctx(runtime), clip_name1=CLIP_L, clip_name2=QWEN25, type="flux")
 

@@ -110,3 +110,11 @@ def test_qwen_mask_ends_at_the_first_pad_token(qwen):
     mask = tk.attention_mask(ids, tk.ZIMAGE_RULES)[0].tolist()
     stop = ids.index(tk.QWEN_PAD)
     assert mask == [1] * stop + [0] * (len(ids) - stop)
+
+
+def test_qwen_image_uses_a_prompt_that_already_starts_a_chat_turn_as_it_is(qwen):
+    raw = "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n"
+    ids = tk.token_ids(tk.tokenize(qwen, raw, tk.QWEN_IMAGE_RULES))
+    assert ids == qwen.encode(raw)                    # no system template around it
+    # rows kept from the second <|im_start|> on (here the assistant turn), as ComfyUI counts them
+    assert tk.qwen_image_template_end(ids) == ids.index(tk.QWEN_IM_START, 1)

@@ -59,11 +59,14 @@ def check_files(paths: list[Path], clip_type: str, node: str) -> str:
                          where=f"{node} input 'type'", fix=f"supported types: {_supported(node)}")
     found = [files.find_encoders(read_shapes(p)) for p in paths]
     kinds = [f[0].kind if len(f) == 1 else None for f in found]
-    if sorted(k for k in kinds if k) != sorted(RUNNABLE[clip_type]):
+    have = sorted(k for k in kinds if k)
+    if have != sorted(RUNNABLE[clip_type]):
         what = "; ".join(f"{p.name}: {files.describe(f)}" for p, f in zip(paths, found))
         need = " + ".join(files.KINDS[k] for k in RUNNABLE[clip_type])
+        fits = [t for t, k in RUNNABLE.items() if sorted(k) == have and len(have) == len(paths)]
+        hint = f"these files fit type {fits[0]!r}" if fits else "or load files of a supported type"
         raise ModelError(f"type {clip_type!r} needs {need}, found {what}", where=f"{node} input 'clip_name'",
-                         fix=f"choose the {need} file(s) for {clip_type}, or the type that fits these files")
+                         fix=f"choose the {need} file(s) for {clip_type}; {hint}")
     return clip_type
 
 
