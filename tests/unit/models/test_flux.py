@@ -99,18 +99,19 @@ def test_odd_latent_sizes_pad_to_the_patch_and_crop_back(files):
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
-def test_fp8_weight_dtype_stores_linear_weights_in_fp8_and_computes_in_fp32(files):
-    """weight_dtype fp8_e4m3fn: equals a float32 model whose Linear weights were rounded to fp8."""
-    fp8 = build_component(_unet(files["flux_dev"], dtype="fp8_e4m3fn"), "cpu")
-    assert fp8.net.double_blocks[0].img_attn.qkv.weight.dtype == torch.float8_e4m3fn
+@pytest.mark.parametrize("name,storage", [("fp8_e4m3fn", torch.float8_e4m3fn), ("fp8_e5m2", torch.float8_e5m2)])
+def test_fp8_weight_dtype_stores_linear_weights_in_fp8_and_computes_in_fp32(files, name, storage):
+    """weight_dtype fp8_*: equals a float32 model whose Linear weights were rounded to that fp8 format."""
+    fp8 = build_component(_unet(files["flux_dev"], dtype=name), "cpu")
+    assert fp8.net.double_blocks[0].img_attn.qkv.weight.dtype == storage
     assert fp8.net.double_blocks[0].img_attn.norm.query_norm.scale.dtype == torch.float32
     rounded = build_component(_unet(files["flux_dev"]), "cpu")
     for module in rounded.net.modules():
         if isinstance(module, torch.nn.Linear):
-            module.weight.data = module.weight.data.to(torch.float8_e4m3fn).float()
+            module.weight.data = module.weight.data.to(storage).float()
     x, context, pooled = _inputs()
     assert torch.allclose(_run(fp8, x, context, pooled), _run(rounded, x, context, pooled), rtol=0, atol=1e-5)
-    assert fp8.net.double_blocks[0].img_attn.qkv.weight.dtype == torch.float8_e4m3fn   # restored after forward
+    assert fp8.net.double_blocks[0].img_attn.qkv.weight.dtype == storage   # restored after forward
 
 
 def test_scaled_fp8_file_keeps_fp8_weights_with_their_scales(files):
