@@ -95,3 +95,25 @@ def test_a_worker_that_keeps_dying_is_restarted_with_growing_delays_then_given_u
         assert not ex.is_alive(0) and ex.restarts[0] == 2                 # and no third restart
     finally:
         ex.shutdown(timeout=5)
+
+
+def test_a_given_up_worker_is_lent_to_no_prompt_and_the_others_go_on():
+    from diffmesh.engine.engine import Engine
+
+    ex = MultiProcessExecutor(specs(2), start_timeout=60, max_restarts=0, heartbeat_s=0)
+    ex.start()
+    try:
+        engine = Engine(ex, parallel="auto")
+        os.kill(ex.pid(0), signal.SIGKILL)
+        _wait_until(lambda: not ex.is_alive(0))
+        _wait_until(lambda: ex.gone(0))
+        leases = [engine.acquire(pending=2, timeout=0) for _ in range(2)]
+        assert leases[0].worker_ids == [1] and leases[1] is None        # worker 0 is never lent again
+        assert leases[0].engine.free() is None                          # and the lent one works
+        leases[0].release()
+        alone = engine.acquire(pending=1, timeout=0)                    # a lone prompt: every usable worker
+        assert alone.worker_ids == [1]
+        alone.release()
+        assert engine.describe()["workers"][0]["alive"] is False
+    finally:
+        ex.shutdown(timeout=5)

@@ -257,8 +257,12 @@ class Engine(EngineScope):
 
         `pending` = prompts waiting, this one included. Mode "queue", or "auto" with more than one
         prompt pending: one worker per prompt. Otherwise the prompt gets every free worker, so
-        batch and CFG parallel can speed it up.
+        batch and CFG parallel can speed it up. A worker the executor gave up (it kept dying) is
+        lent to no prompt any more, as long as another worker is left.
         """
+        gone = [w for w in self.infos if self.executor.gone(w)]
+        if gone and len(gone) < len(self.infos):     # with none left, prompts fail with the reason instead
+            self.pool.retire(gone)
         one_each = self.parallel == "queue" or (self.parallel == "auto" and pending > 1)
         count = 1 if one_each else len(self.infos)
         taken = self.pool.take(count, at_least=1, timeout=timeout)

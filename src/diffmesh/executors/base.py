@@ -54,6 +54,10 @@ class Executor(ABC):
     def busy(self, worker_id: int) -> bool:
         return False
 
+    def gone(self, worker_id: int) -> bool:
+        """True when the worker is out of service for good (it kept dying and was given up)."""
+        return False
+
     def interrupt(self, worker_ids: list[int] | None = None) -> None:
         """Ask the workers (default: all) to stop their current call at the next step boundary."""
 

@@ -346,6 +346,9 @@ class MultiProcessExecutor(Executor):
         child = self._children.get(worker_id)
         return child is not None and bool(child.pending)
 
+    def gone(self, worker_id: int) -> bool:
+        return worker_id in self._given_up
+
     def pid(self, worker_id: int) -> int | None:
         child = self._children.get(worker_id)
         return None if child is None else child.process.pid

@@ -39,6 +39,13 @@ class WorkerPool:
             self._free.sort(key=self._all.index)
             self._cond.notify_all()
 
+    def retire(self, worker_ids: Iterable[int]) -> None:
+        """Take workers out of service for good: no later lease gets them."""
+        with self._cond:
+            retired = set(worker_ids)
+            self._all = [w for w in self._all if w not in retired]
+            self._free = [w for w in self._free if w not in retired]
+
     def free(self) -> list[int]:
         with self._cond:
             return list(self._free)
