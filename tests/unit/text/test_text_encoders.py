@@ -224,3 +224,21 @@ def test_scaled_fp8_t5_files_load_with_their_per_tensor_scales(te_files, store, 
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     exact = encode(te_files["t5xxl"])
     assert 0 < float((got - exact).norm() / exact.norm()) < 0.1      # fp8 rounding, not a wrong scale
+
+
+def test_a_kohya_lora_patches_flux_clip_l_at_its_strength(te_files, store, tmp_path):
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(5)
+    name = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    up, down = torch.randn(32, 4, generator=g), torch.randn(4, 32, generator=g)
+    save_file({f"{name}.lora_up.weight": up, f"{name}.lora_down.weight": down, f"{name}.alpha": torch.tensor(2.0)},
+              str(tmp_path / "lora.safetensors"))
+    base = ModelHandle(te_files["t5xxl"], "clip", "flux", extra_paths=(te_files["clip_l"],))
+    plain = build_component(base, "cpu", None, store)
+    patched = build_component(base.with_lora(str(tmp_path / "lora.safetensors"), 0.5), "cpu", None, store)
+    weight = plain.clip_l.encoder.layers[0].self_attn.q_proj.weight
+    expected = weight + 0.5 * (up @ down) * (2.0 / 4)
+    torch.testing.assert_close(patched.clip_l.encoder.layers[0].self_attn.q_proj.weight, expected,
+                               rtol=0, atol=1e-6)
+    assert not torch.equal(patched.encode(P1)[0][1]["pooled_output"], plain.encode(P1)[0][1]["pooled_output"])

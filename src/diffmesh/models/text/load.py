@@ -85,12 +85,22 @@ def _sub_state_dict(store, path: str, prefix: str) -> dict[str, torch.Tensor]:
     return {k[n:]: v for k, v in store.state_dict(path).items() if k.startswith(prefix)}
 
 
-def _clip_l(store, path: str, prefix: str, device, dtype):
+# LoRA names of CLIP-L in Flux / SD LoRA files: kohya (`lora_te1_…`, `lora_te_…`) and diffusers/PEFT
+CLIP_L_LORA_NAMES = (("lora_te1", "text_encoder"), ("lora_te", "text_encoder"))
+
+
+def _clip_l(store, path: str, prefix: str, device, dtype, handle: ModelHandle):
+    from diffmesh.models import lora as lora_mod
     from diffmesh.models.clip import CLIPConfig, CLIPTextModel
-    from diffmesh.models.load import _materialize
+    from diffmesh.models.load import _lora_patches, _materialize
 
     sd = _sub_state_dict(store, path, prefix + "text_model.")
     sd.pop("embeddings.position_ids", None)
+    if handle.loras:
+        modules = {k.rsplit(".", 1)[0] for k in sd}
+        aliases = {name: module for names in CLIP_L_LORA_NAMES
+                   for name, module in lora_mod.text_aliases(modules, names).items()}
+        sd, _ = lora_mod.apply_loras(sd, _lora_patches(handle, store), aliases, "text encoder clip_l")
     # ComfyUI's standalone clip_l also stores text_projection; Flux and SD1 use the unprojected pooled
     cfg = CLIPConfig.from_state_dict(sd, "quick_gelu")
     cfg = CLIPConfig(**{**cfg.__dict__, "projection": None})
@@ -102,7 +112,7 @@ def _sd_clip(handle: ModelHandle, located, store, device, dtype):
     from diffmesh.models.text_encoder import TextEncoder
     from diffmesh.models.tokenizer import CLIPTokenizer
 
-    model = _clip_l(store, *located["clip_l"], device, dtype)
+    model = _clip_l(store, *located["clip_l"], device, dtype, handle)
     return TextEncoder(sd1.FAMILY, [model], handle.clip_skip, handle.embedding_dirs,
                        store.derived("clip-tokenizer", CLIPTokenizer))
 
@@ -112,7 +122,7 @@ def _flux(handle: ModelHandle, located, store, device, dtype):
     from diffmesh.models.text.language import build_language_model
     from diffmesh.models.tokenizer import CLIPTokenizer
 
-    clip_l = _clip_l(store, *located["clip_l"], device, dtype)
+    clip_l = _clip_l(store, *located["clip_l"], device, dtype, handle)
     path, prefix = located["t5xxl"]
     t5 = build_language_model("t5xxl", _sub_state_dict(store, path, prefix), device, dtype, f"{path} (T5-XXL)")
     # tokenizers are kept per worker (WeightStore): reading a vocabulary takes seconds
@@ -147,8 +157,10 @@ def build_text_encoder(handle: ModelHandle, device: torch.device, dtype: torch.d
         raise ModelError(f"{RECIPE_NAMES[recipe]} needs {', '.join(files.KINDS[k] for k in missing)}; the files hold "
                          f"{', '.join(files.KINDS[k] for k in located) or 'no text encoder'}",
                          where=", ".join((handle.path, *handle.extra_paths)), fix="load the matching text encoder files")
-    if handle.loras:
-        log.warning("LoRA patches are not applied to the %s text encoder (not supported yet)", recipe)
+    if handle.loras and recipe != "stable_diffusion":
+        # LoRA files name CLIP-L's layers (applied in _clip_l); T5 and Qwen layers are not patched yet
+        log.warning("LoRA on the %s text encoder: only CLIP-L layers are patched, T5 / Qwen layers are not",
+                    RECIPE_NAMES[recipe])
     component = BUILDERS[recipe](handle, located, store, device, dtype)
     for extra in handle.extra_paths:
         if not handle.loras:
