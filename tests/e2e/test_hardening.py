@@ -263,3 +263,29 @@ def test_a_stalled_websocket_client_loses_previews_not_the_servers_memory(server
     assert queues["dropped_previews"] > 0
     assert queues["queued_bytes"] <= queues["limits"]["bytes"]
     assert queues["queued_frames"] <= queues["limits"]["frames"]
+
+
+def test_a_client_that_never_reads_is_closed_once_its_events_pass_the_hard_limit(server):
+    import socket
+
+    from websocket import create_connection
+
+    stalled = create_connection(server.ws_url + "?clientId=frozen", timeout=30,
+                                sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    try:
+        with server.client() as http:
+            before = http.get("/api/system_stats").json()["diffmesh"]["websocket"]["dropped_clients"]
+            body = {"prompt": {"1": {"class_type": "Sleep", "inputs": {}}}, "client_id": "frozen"}
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:      # ~12 events per prompt, all to the frozen client
+                ids = [http.post("/api/prompt", json=body).json()["prompt_id"] for _ in range(50)]
+                _wait_idle(http, ids)
+                queues = http.get("/api/system_stats").json()["diffmesh"]["websocket"]
+                assert queues["queued_frames"] <= queues["limits"]["frames"]
+                if queues["dropped_clients"] > before:
+                    break
+            else:
+                pytest.fail(f"the frozen client was never closed: {queues}")
+            _still_serving(http)
+    finally:
+        stalled.close()
