@@ -69,7 +69,14 @@ def lanczos(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
 
 
 def common_upscale(samples: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
-    """Resize (B,C,H,W) to (B,C,height,width): optional centre crop, then the named method."""
+    """Resize (B,C,H,W) to (B,C,height,width): optional centre crop, then the named method.
+
+    5-D latents (B,C,T,H,W) of the Wan-format models resize frame by frame (frames folded into the batch)."""
+    if samples.ndim == 5:
+        b, c, t = samples.shape[:3]
+        frames = samples.movedim(2, 1).reshape(b * t, c, samples.shape[-2], samples.shape[-1])
+        out = common_upscale(frames, width, height, method, crop)
+        return out.reshape(b, t, c, height, width).movedim(1, 2)
     if crop == "center":
         samples = center_crop(samples, width, height)
     if method == "bislerp":

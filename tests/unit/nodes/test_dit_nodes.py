@@ -153,3 +153,15 @@ def test_an_empty_4_channel_latent_becomes_the_models_format_before_the_noise(re
     assert fix_empty_latent(torch.zeros(1, 4, 8, 8), "sd1").shape == (1, 4, 8, 8)
     filled = torch.ones(1, 4, 8, 8)
     assert fix_empty_latent(filled, "flux") is filled           # a real latent is never changed
+
+
+def test_latent_upscale_of_16_channel_and_5d_latents(ctx):
+    """Upscale Latent on a Flux latent and, frame by frame, on a Wan-format (Qwen-Image) latent."""
+    from diffmesh.nodes import latent
+
+    (flux,) = latent.latent_upscale(ctx, {"samples": torch.randn(1, 16, 8, 8)}, "bilinear", 128, 96, "disabled")
+    assert flux["samples"].shape == (1, 16, 12, 16)
+    video = torch.randn(1, 16, 2, 8, 8)
+    (out,) = latent.latent_upscale_by(ctx, {"samples": video}, "nearest-exact", 2.0)
+    assert out["samples"].shape == (1, 16, 2, 16, 16)
+    assert torch.equal(out["samples"][:, :, 1, ::2, ::2], video[:, :, 1])
