@@ -242,3 +242,18 @@ def test_a_kohya_lora_patches_flux_clip_l_at_its_strength(te_files, store, tmp_p
     torch.testing.assert_close(patched.clip_l.encoder.layers[0].self_attn.q_proj.weight, expected,
                                rtol=0, atol=1e-6)
     assert not torch.equal(patched.encode(P1)[0][1]["pooled_output"], plain.encode(P1)[0][1]["pooled_output"])
+
+
+def test_a_lora_naming_t5_layers_patches_them(te_files, store, tmp_path):
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(6)
+    name = "lora_te2_encoder_block_1_layer_1_DenseReluDense_wo"
+    up, down = torch.randn(64, 4, generator=g), torch.randn(4, 128, generator=g)
+    save_file({f"{name}.lora_up.weight": up, f"{name}.lora_down.weight": down}, str(tmp_path / "t5lora.safetensors"))
+    base = ModelHandle(te_files["t5xxl"], "clip", "flux", extra_paths=(te_files["clip_l"],))
+    plain = build_component(base, "cpu", None, store)
+    patched = build_component(base.with_lora(str(tmp_path / "t5lora.safetensors"), 1.0), "cpu", None, store)
+    wo = lambda enc: enc.t5.hf.encoder.block[1].layer[1].DenseReluDense.wo.weight  # noqa: E731
+    torch.testing.assert_close(wo(patched), wo(plain) + up @ down, rtol=0, atol=1e-5)
+    assert not torch.equal(patched.encode(P1)[0][0], plain.encode(P1)[0][0])

@@ -117,6 +117,17 @@ def _sd_clip(handle: ModelHandle, located, store, device, dtype):
                        store.derived("clip-tokenizer", CLIPTokenizer))
 
 
+def _t5_loras(handle: ModelHandle, store, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """T5 layers patched by LoRA files that name them as ComfyUI reads Flux LoRAs: kohya-style
+    `lora_te2_encoder_block_0_layer_0_SelfAttention_q` (OneTrainer) or `lora_te3_…`."""
+    from diffmesh.models import lora as lora_mod
+    from diffmesh.models.load import _lora_patches
+
+    modules = {k[: -len(".weight")] for k in sd if k.endswith(".weight") and k.startswith("encoder.")}
+    aliases = {f"lora_te{i}_{m.replace('.', '_')}": m for m in modules for i in (2, 3)}
+    return lora_mod.apply_loras(sd, _lora_patches(handle, store), aliases, "text encoder t5xxl")[0]
+
+
 def _flux(handle: ModelHandle, located, store, device, dtype):
     from diffmesh.models.text import encoders, tokenizers as tk
     from diffmesh.models.text.language import build_language_model
@@ -124,7 +135,10 @@ def _flux(handle: ModelHandle, located, store, device, dtype):
 
     clip_l = _clip_l(store, *located["clip_l"], device, dtype, handle)
     path, prefix = located["t5xxl"]
-    t5 = build_language_model("t5xxl", _sub_state_dict(store, path, prefix), device, dtype, f"{path} (T5-XXL)")
+    sd = _sub_state_dict(store, path, prefix)
+    if handle.loras:
+        sd = _t5_loras(handle, store, sd)
+    t5 = build_language_model("t5xxl", sd, device, dtype, f"{path} (T5-XXL)")
     # tokenizers are kept per worker (WeightStore): reading a vocabulary takes seconds
     return encoders.FluxTextEncoder(clip_l, t5, handle.clip_skip, handle.embedding_dirs,
                                     store.derived("clip-tokenizer", CLIPTokenizer),
@@ -149,7 +163,8 @@ BUILDERS = {"stable_diffusion": _sd_clip, "flux": _flux, "lumina2": _llm("lumina
 
 
 def build_text_encoder(handle: ModelHandle, device: torch.device, dtype: torch.dtype, store):
-    """The encoder component of a text-encoder handle (see the module docstring)."""
+    """The encoder component of a text-encoder handle (see the module docstring). LoRA: CLIP-L and T5
+    layers are patched at their strengths; the Qwen encoders are not (logged)."""
     recipe = CHECKPOINT_FAMILIES.get(handle.family, handle.family)
     located = _locate(handle, store)
     missing = [k for k in RUNNABLE[recipe] if k not in located]
@@ -157,10 +172,8 @@ def build_text_encoder(handle: ModelHandle, device: torch.device, dtype: torch.d
         raise ModelError(f"{RECIPE_NAMES[recipe]} needs {', '.join(files.KINDS[k] for k in missing)}; the files hold "
                          f"{', '.join(files.KINDS[k] for k in located) or 'no text encoder'}",
                          where=", ".join((handle.path, *handle.extra_paths)), fix="load the matching text encoder files")
-    if handle.loras and recipe != "stable_diffusion":
-        # LoRA files name CLIP-L's layers (applied in _clip_l); T5 and Qwen layers are not patched yet
-        log.warning("LoRA on the %s text encoder: only CLIP-L layers are patched, T5 / Qwen layers are not",
-                    RECIPE_NAMES[recipe])
+    if handle.loras and recipe in ("lumina2", "qwen_image"):
+        log.warning("LoRA patches are not applied to the %s text encoder (not supported yet)", RECIPE_NAMES[recipe])
     component = BUILDERS[recipe](handle, located, store, device, dtype)
     for extra in handle.extra_paths:
         if not handle.loras:
