@@ -243,7 +243,8 @@ class Engine(EngineScope):
                       for s, label in zip(specs, labels)}
         self.pool = WorkerPool(self.infos)
         self.cfg_groups = cfg_parallel.CfgGroups(
-            executor.call, lambda w: getattr(executor, "restarts", {}).get(w, 0), timeout_s=cfg_timeout_s)
+            executor.call, lambda w: getattr(executor, "restarts", {}).get(w, 0), timeout_s=cfg_timeout_s,
+            device_of=lambda w: self.infos[w].device)
         self.last_plan: SamplePlan | None = None
         super().__init__(self, list(self.infos))
 

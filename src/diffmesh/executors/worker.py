@@ -37,7 +37,7 @@ class Worker:
         self.memory = MemoryManager(self.device, spec.settings)
         self.interrupt_flag = threading.Event()
         self._weights = None
-        self._groups: dict[str, Any] = {}     # gloo groups this worker belongs to, by name
+        self._groups: dict[str, tuple[Any, str]] = {}     # groups this worker belongs to: name -> (group, backend)
 
     @property
     def weights(self):
@@ -100,18 +100,22 @@ class Worker:
         from diffmesh.parallel.cfg import CfgExchange
 
         if group not in self._groups:
-            raise ValueError(f"worker {self.spec.worker_id} is not in gloo group {group!r}; "
+            raise ValueError(f"worker {self.spec.worker_id} is not in process group {group!r}; "
                              "the engine must call init_process_group first")
-        return replace(job, exchange=CfgExchange(self._groups[group], job.cfg_part, self.interrupt_flag.is_set))
+        handle, backend = self._groups[group]
+        return replace(job, exchange=CfgExchange(handle, job.cfg_part, self.interrupt_flag.is_set,
+                                                 on_device=backend == "nccl"))
 
     # -- collectives ---------------------------------------------------------------------------
     def init_process_group(self, rank: int, world: int, init_method: str, name: str = "default",
-                           timeout_s: float = 120.0) -> dict[str, Any]:
-        """Join the gloo group `name` (all members call this at once; it returns when all joined)."""
+                           timeout_s: float = 120.0, backend: str = "gloo") -> dict[str, Any]:
+        """Join the group `name` (all members call this at once; it returns when all joined).
+        `backend`: "gloo" (through CPU memory) or "nccl" (CUDA workers; not run yet)."""
         from diffmesh.parallel.cfg import open_group
 
-        self._groups[name] = open_group(rank, world, init_method, name, timeout_s)
-        return {"worker_id": self.spec.worker_id, "group": name, "rank": rank, "world": world}
+        group = open_group(rank, world, init_method, name, timeout_s, backend, str(self.device))
+        self._groups[name] = (group, backend)
+        return {"worker_id": self.spec.worker_id, "group": name, "rank": rank, "world": world, "backend": backend}
 
     def destroy_process_group(self, name: str) -> None:
         self._groups.pop(name, None)

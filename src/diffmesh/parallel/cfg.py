@@ -1,5 +1,10 @@
 """CFG parallel: the cond half of every guidance evaluation on one worker, the uncond half on
-another, exchanged each step through a two-process gloo group.
+another, exchanged each step through a two-process group.
+
+Backend (`group_backend`): gloo through CPU memory (each prediction is copied to the CPU as fp32,
+all-gathered over loopback TCP, and copied back) unless both workers are CUDA devices and torch
+has NCCL: then an NCCL group gathers the predictions device to device. The NCCL path has not been
+run yet (written on a machine without GPUs); the gloo path is the one the tests and figures cover.
 
 Split: both workers get the same job with `cfg_part` "cond" (rank 0) or "uncond" (rank 1).
 Run: each worker evaluates only its half; `CfgExchange` all-gathers the two predictions, so both
@@ -30,8 +35,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def open_group(rank: int, world: int, init_method: str, name: str, timeout_s: float) -> Any:
-    """Join the gloo group `name` at `init_method` ("tcp://host:port"); rank 0 hosts the store."""
+def group_backend(devices: list[str]) -> str:
+    """"nccl" when every member is a CUDA device and torch has NCCL, else "gloo"."""
+    import torch.distributed as dist
+
+    if devices and all(str(d).startswith("cuda") for d in devices) and dist.is_nccl_available():
+        return "nccl"
+    return "gloo"
+
+
+def open_group(rank: int, world: int, init_method: str, name: str, timeout_s: float, backend: str = "gloo",
+               device: str | None = None) -> Any:
+    """Join the group `name` at `init_method` ("tcp://host:port"); rank 0 hosts the store.
+    `backend` "nccl" needs `device`, this worker's CUDA device (not run yet: see the module doc)."""
     import torch.distributed as dist
 
     url = urlparse(init_method)
@@ -40,7 +56,14 @@ def open_group(rank: int, world: int, init_method: str, name: str, timeout_s: fl
     timeout = datetime.timedelta(seconds=timeout_s)
     connect = datetime.timedelta(seconds=min(timeout_s, 60.0))     # a partner that never comes: fail soon
     store = dist.TCPStore(url.hostname, url.port, world, rank == 0, timeout=connect)
-    return dist.ProcessGroupGloo(dist.PrefixStore(name, store), rank, world, timeout)
+    prefixed = dist.PrefixStore(name, store)
+    if backend == "nccl":
+        torch.cuda.set_device(torch.device(device))                 # NCCL binds the group to this device
+        options = dist.ProcessGroupNCCL.Options()
+        options.is_high_priority_stream = False
+        options._timeout = timeout
+        return dist.ProcessGroupNCCL(prefixed, rank, world, options)
+    return dist.ProcessGroupGloo(prefixed, rank, world, timeout)
 
 
 class CfgExchange:
@@ -50,16 +73,19 @@ class CfgExchange:
     stop at the same exchange, so neither is left waiting for a partner that already left.
     """
 
-    def __init__(self, group: Any, part: str, should_stop: Callable[[], bool] = lambda: False):
+    def __init__(self, group: Any, part: str, should_stop: Callable[[], bool] = lambda: False,
+                 on_device: bool = False):
         if part not in PARTS:
             raise ValueError(f"cfg_part must be one of {PARTS}, not {part!r}")
         self.group = group
         self.part = part
         self.should_stop = should_stop
+        self.on_device = on_device           # NCCL: gather on the device; gloo: through CPU memory
 
     def __call__(self, local_pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        flag = torch.tensor([1.0 if self.should_stop() else 0.0])
-        local = torch.cat([local_pred.detach().to("cpu", torch.float32).reshape(-1), flag])   # (B*C*H*W + 1,)
+        where = local_pred.device if self.on_device else torch.device("cpu")
+        flag = torch.tensor([1.0 if self.should_stop() else 0.0], device=where)
+        local = torch.cat([local_pred.detach().to(where, torch.float32).reshape(-1), flag])   # (B*C*H*W + 1,)
         gathered = [torch.empty_like(local) for _ in PARTS]
         self.group.allgather([gathered], [local]).wait()
         if any(t[-1].item() for t in gathered):
@@ -97,9 +123,11 @@ class CfgGroups:
     """Engine side: opens one gloo group per worker pair on first use, drops it after a failure."""
 
     def __init__(self, call: Call, generation: Callable[[int], int] = lambda worker: 0,
-                 host: str = "127.0.0.1", timeout_s: float = 600.0):
+                 host: str = "127.0.0.1", timeout_s: float = 600.0,
+                 device_of: Callable[[int], str] = lambda worker: "cpu"):
         self._call = call
         self._generation = generation        # a restarted worker process has lost its groups
+        self._device_of = device_of          # picks the backend: NCCL for two CUDA workers
         self._host = host
         self._timeout_s = timeout_s
         self._pairs: dict[tuple[int, int], CfgPair] = {}
@@ -116,7 +144,9 @@ class CfgGroups:
         self._count += 1
         name = f"cfg-{cond}-{uncond}-{self._count}-{os.urandom(3).hex()}"
         init = f"tcp://{self._host}:{free_port(self._host)}"
-        futures = [self._call(w, "init_process_group", rank, 2, init, name=name, timeout_s=self._timeout_s)
+        backend = group_backend([self._device_of(cond), self._device_of(uncond)])
+        futures = [self._call(w, "init_process_group", rank, 2, init, name=name, timeout_s=self._timeout_s,
+                              backend=backend)
                    for rank, w in enumerate((cond, uncond))]
         for future in futures:
             future.result()
