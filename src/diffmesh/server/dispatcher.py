@@ -67,7 +67,12 @@ class Dispatcher:
     def start(self) -> None:
         recovered = self.store.recover()
         if recovered:
-            log.info("re-queued %d prompt(s) that were running when the server stopped", recovered)
+            # Exactly once means once to the end: such a prompt runs again from its start. Files its
+            # cut-off attempt saved stay; the re-run saves under new counters (files are created
+            # exclusively) and its history entry names only the re-run's files.
+            log.info("re-queued %d prompt(s) that were running when the server stopped; each runs again from "
+                     "the start (files a cut-off attempt saved stay in the output folder, the re-run saves new "
+                     "ones and history lists only those)", recovered)
         self._thread = threading.Thread(target=self._loop, name="diffmesh-dispatcher", daemon=True)
         self._thread.start()
         self.wake()
