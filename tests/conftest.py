@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,16 +30,7 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-REFERENCE_DIR = REPO_ROOT / "tests" / "data" / "reference"
-
-
-def _shared_reference_dir() -> Path:
-    """The project's shared reference folder (`../shared/reference` or `$DIFFMESH_SHARED/reference`),
-    of which tests/data/reference is a copy; test_reference_copy.py keeps the two equal."""
-    env = os.environ.get("DIFFMESH_SHARED")
-    if env:
-        return Path(env) / "reference"
-    return (REPO_ROOT / ".." / "shared" / "reference").resolve()
+REFERENCE_DIR = REPO_ROOT / "tests" / "data" / "reference"     # a copy of ../shared/reference (see its README)
 
 
 @pytest.fixture(scope="session")
