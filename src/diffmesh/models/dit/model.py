@@ -53,14 +53,17 @@ class DiTModel(DeviceAndDtype, nn.Module):
         return self.family.extra_conds(options, x_shape)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, sequence: Any = None,
                 **extra: torch.Tensor) -> torch.Tensor:
-        """Velocity for x (B,C,H,W) or (B,C,T,H,W), timestep (B,), context (B,L,D); float32 in and out."""
+        """Velocity for x (B,C,H,W) or (B,C,T,H,W), timestep (B,), context (B,L,D); float32 in and out.
+        `sequence` (sequence parallel, `models.dit.sequence`): this worker's share of the image tokens."""
         dev, dt = self.device, self.dtype
         timestep = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1).to(dev)
         if timestep.numel() == 1 and x.shape[0] > 1:
             timestep = timestep.expand(x.shape[0])
         extra = {k: (v.to(dev, dt) if v.is_floating_point() else v.to(dev)) for k, v in extra.items()}
+        if sequence is not None:
+            extra["sequence"] = sequence
         out = self.net(x.to(dev, dt), timestep, context.to(dev, dt), **extra)
         return out.float()
 
@@ -171,9 +174,11 @@ def _place_weights(net: nn.Module, scales: dict, device: torch.device, compute: 
         for attr, t in list(module._parameters.items()):
             if t is None:
                 continue
-            keep = isinstance(module, nn.Linear) and attr == "weight" and (t.dtype in FP8 or storage is not None)
-            dtype = (storage or t.dtype) if keep and t.dtype not in FP8 else (t.dtype if keep else compute)
-            any_fp8 |= keep
+            if isinstance(module, nn.Linear) and attr == "weight" and (t.dtype in FP8 or storage is not None):
+                dtype = t.dtype if t.dtype in FP8 else storage      # an fp8 file stays as it is
+                any_fp8 = True
+            else:
+                dtype = compute
             module._parameters[attr] = nn.Parameter(t.detach().to(device=device, dtype=dtype), requires_grad=False)
         for attr, t in list(module._buffers.items()):
             if t is not None and t.is_floating_point():
