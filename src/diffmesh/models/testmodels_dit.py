@@ -34,10 +34,18 @@ ZIMAGE = {"reference": dict(dim=3840, heads=30, cap=2560, t_hidden=1024, layers=
 QWENIMAGE = {"reference": dict(dim=3072, head_dim=128, joint=3584, layers=1),
              "tiny": dict(dim=64, head_dim=32, joint=64, layers=1)}
 WAN_VAE = {"reference": dict(dim=96), "tiny": dict(dim=8)}
-FAMILIES = ("zimage", "qwenimage", "wan21vae")
+# Wan 2.1 transformer: "reference" is make_dit_random.py's (dim 256 = 2 heads of 128); "tiny" keeps one
+# head of 128 (ComfyUI's heads = dim / 128) and reads the tiny UMT5's width 64; 1.3B/14B for shape tests
+WAN21 = {"reference": dict(dim=256, ffn=512, layers=2, in_dim=16, text_dim=4096, i2v=False),
+         "tiny": dict(dim=128, ffn=256, layers=2, in_dim=16, text_dim=64, i2v=False),
+         "tiny-i2v": dict(dim=128, ffn=256, layers=2, in_dim=36, text_dim=64, i2v=True),
+         "1.3b": dict(dim=1536, ffn=8960, layers=30, in_dim=16, text_dim=4096, i2v=False),
+         "14b": dict(dim=5120, ffn=13824, layers=40, in_dim=16, text_dim=4096, i2v=False),
+         "14b-i2v": dict(dim=5120, ffn=13824, layers=40, in_dim=36, text_dim=4096, i2v=True)}
+FAMILIES = ("zimage", "qwenimage", "wan21vae", "wan21")
 # file names the reference runs (and ComfyUI's folders) use
 REFERENCE_NAMES = {"zimage": "zimage-random.safetensors", "qwenimage": "qwenimage-1block-random.safetensors",
-                   "wan21vae": "wan21-vae-random.safetensors"}
+                   "wan21vae": "wan21-vae-random.safetensors", "wan21": "wan21-t2v-tiny-random.safetensors"}
 
 
 class _Spec:
@@ -184,7 +192,45 @@ def wan_vae_spec(size: str) -> _Spec:
     return s
 
 
-SPECS = {"zimage": zimage_spec, "qwenimage": qwenimage_spec, "wan21vae": wan_vae_spec}
+def wan21_spec(size: str) -> _Spec:
+    """Wan 2.1 text-to-video (image-to-video with `i2v`: k_img/v_img/norm_k_img and the CLIP-vision MLP)."""
+    c = WAN21[size]
+    s, d = _Spec(), c["dim"]
+    s.conv("patch_embedding", d, c["in_dim"], (1, 2, 2))
+    s.linear("text_embedding.0", d, c["text_dim"])
+    s.linear("text_embedding.2", d, d)
+    s.linear("time_embedding.0", d, 256)
+    s.linear("time_embedding.2", d, d)
+    s.linear("time_projection.1", 6 * d, d)
+    for i in range(c["layers"]):
+        b = f"blocks.{i}"
+        for att in ("self_attn", "cross_attn"):
+            for p in ("q", "k", "v", "o"):
+                s.linear(f"{b}.{att}.{p}", d, d)
+            s.scale(f"{b}.{att}.norm_q.weight", (d,))
+            s.scale(f"{b}.{att}.norm_k.weight", (d,))
+        if c["i2v"]:
+            s.linear(f"{b}.cross_attn.k_img", d, d)
+            s.linear(f"{b}.cross_attn.v_img", d, d)
+            s.scale(f"{b}.cross_attn.norm_k_img.weight", (d,))
+        s.scale(b + ".norm3.weight", (d,))
+        s.items[b + ".norm3.bias"] = ((d,), "n", 0.02)          # the reference script's "nb": N(0, 0.02)
+        s.linear(b + ".ffn.0", c["ffn"], d)
+        s.linear(b + ".ffn.2", d, c["ffn"])
+        s.items[b + ".modulation"] = ((1, 6, d), "n", d ** -0.5)
+    s.linear("head.head", 4 * 16, d)
+    s.items["head.modulation"] = ((1, 2, d), "n", d ** -0.5)
+    if c["i2v"]:
+        for n in ("img_emb.proj.0", "img_emb.proj.4"):
+            width = 1280 if n.endswith(".0") else d
+            s.scale(n + ".weight", (width,))
+            s.items[n + ".bias"] = ((width,), "n", 0.02)
+        s.linear("img_emb.proj.1", 1280, 1280)
+        s.linear("img_emb.proj.3", d, 1280)
+    return s
+
+
+SPECS = {"zimage": zimage_spec, "qwenimage": qwenimage_spec, "wan21vae": wan_vae_spec, "wan21": wan21_spec}
 
 
 def _tensor(key: str, shape: tuple, kind: str, arg, seed: int) -> torch.Tensor:
@@ -206,9 +252,10 @@ def state_dict(family: str, size: str = "tiny", seed: int = 0) -> dict[str, torc
 
 def _spec(family: str, size: str) -> _Spec:
     size = "reference" if size == "full" else size
-    if family not in SPECS or size not in ("tiny", "reference"):
+    sizes = tuple(WAN21) if family == "wan21" else ("tiny", "reference")
+    if family not in SPECS or size not in sizes:
         raise ModelError(f"no test model for family {family!r} size {size!r}", where="make-test-model",
-                         fix=f"family one of {list(SPECS)}, size tiny or reference")
+                         fix=f"family one of {list(SPECS)}, size tiny or reference (wan21 also: {', '.join(WAN21)})")
     return SPECS[family](size)
 
 

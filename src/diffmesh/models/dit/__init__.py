@@ -27,6 +27,7 @@ FAMILY_MODULES = {
     "flux": "flux",
     "zimage": "zimage",
     "qwenimage": "qwen_image",
+    "wan21": "wan",
 }
 
 
