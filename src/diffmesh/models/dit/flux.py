@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffmesh.models.dit import DiTFamily
+from diffmesh.models.dit.sequence import WHOLE
 
 HEAD_DIM = 128               # every Flux.1 file: 3072 = 24 heads x 128; tiny test models keep the head size
 AXES_DIM = (16, 56, 56)      # RoPE split of a 128-wide head: (index, row, column)
@@ -65,10 +66,11 @@ def apply_rope(x: torch.Tensor, pe: tuple[torch.Tensor, torch.Tensor]) -> torch.
     return out.reshape(x.shape).type_as(x)
 
 
-def attention(q, k, v, pe) -> torch.Tensor:
-    """q, k, v (B, H, L, D) -> (B, L, H*D), RoPE on q and k."""
+def attention(q, k, v, pe, seq=WHOLE, replicated: int = 0) -> torch.Tensor:
+    """q, k, v (B, H, L, D) -> (B, L, H*D), RoPE on q and k; `seq.attend` (models.dit.sequence)
+    attends over the whole sequence when this worker holds only part of the image rows."""
     q, k = apply_rope(q, pe), apply_rope(k, pe)
-    out = F.scaled_dot_product_attention(q, k, v)
+    out = seq.attend(q, k, v, replicated)
     b, h, length, d = out.shape
     return out.transpose(1, 2).reshape(b, length, h * d)
 
@@ -162,11 +164,11 @@ class DoubleStreamBlock(nn.Module):
         q, k = attn.norm(q, k, v)
         return q, k, v
 
-    def forward(self, img, txt, vec, pe):
+    def forward(self, img, txt, vec, pe, seq=WHOLE):
         img_mod, txt_mod = self.img_mod(vec), self.txt_mod(vec)     # 6 x (B, 1, hidden) each
         iq, ik, iv = self._qkv(img, img_mod, self.img_attn)
         tq, tk, tv = self._qkv(txt, txt_mod, self.txt_attn)
-        attn = attention(torch.cat((tq, iq), 2), torch.cat((tk, ik), 2), torch.cat((tv, iv), 2), pe)
+        attn = attention(torch.cat((tq, iq), 2), torch.cat((tk, ik), 2), torch.cat((tv, iv), 2), pe, seq, txt.shape[1])
         txt_attn, img_attn = attn[:, :txt.shape[1]], attn[:, txt.shape[1]:]
         img = img + img_mod[2] * self.img_attn.proj(img_attn)
         img = img + img_mod[5] * self.img_mlp(torch.addcmul(img_mod[3], _layer_norm(img), 1 + img_mod[4]))
@@ -187,13 +189,13 @@ class SingleStreamBlock(nn.Module):
         self.norm = QKNorm(hidden // heads)
         self.modulation = Modulation(hidden, False)
 
-    def forward(self, x, vec, pe):
+    def forward(self, x, vec, pe, seq=WHOLE, replicated: int = 0):
         shift, scale, gate = self.modulation(vec)
         qkv, mlp = torch.split(self.linear1(torch.addcmul(shift, _layer_norm(x), 1 + scale)),
                                [3 * self.hidden, self.mlp_hidden], dim=-1)
         q, k, v = _split_heads(qkv, self.heads)
         q, k = self.norm(q, k, v)
-        out = self.linear2(torch.cat((attention(q, k, v, pe), F.gelu(mlp, approximate="tanh")), 2))
+        out = self.linear2(torch.cat((attention(q, k, v, pe, seq, replicated), F.gelu(mlp, approximate="tanh")), 2))
         return _fp16_safe(x + gate * out)
 
 
@@ -252,8 +254,10 @@ class Flux(nn.Module):
         x = out.reshape(b, h, w, self.out_channels, p, p).permute(0, 3, 1, 4, 2, 5)
         return x.reshape(b, self.out_channels, h * p, w * p)[:, :, :size[0], :size[1]]
 
-    def forward(self, x, timestep, context, y=None, guidance=None, **_):
+    def forward(self, x, timestep, context, y=None, guidance=None, sequence=None, **_):
+        seq = sequence or WHOLE                 # sequence parallel: this worker's image rows only
         img, img_ids, hw = self._patchify(x)
+        img, img_ids = seq.split(img), seq.split(img_ids)
         dtype = img.dtype
         img = self.img_in(img)
         vec = self.time_in(timestep_embedding(timestep.float()).to(dtype))
@@ -266,11 +270,11 @@ class Flux(nn.Module):
         txt_ids = torch.zeros((x.shape[0], txt.shape[1], 3), dtype=img_ids.dtype, device=x.device)
         pe = rope_tables(torch.cat((txt_ids, img_ids), 1), self.axes_dim, self.theta)
         for block in self.double_blocks:
-            img, txt = block(img, txt, vec, pe)
+            img, txt = block(img, txt, vec, pe, seq)
         joint = torch.cat((txt, _fp16_safe(img)), 1)
         for block in self.single_blocks:
-            joint = block(joint, vec, pe)
-        out = self.final_layer(joint[:, txt.shape[1]:], vec)
+            joint = block(joint, vec, pe, seq, txt.shape[1])
+        out = seq.gather(self.final_layer(joint[:, txt.shape[1]:], vec))
         return self._unpatchify(out, hw, x.shape[2:])
 
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from diffmesh.models.dit import DiTFamily
 from diffmesh.models.dit.rope import apply_rope, attention, rope_table
+from diffmesh.models.dit.sequence import WHOLE
 
 EPS = 1e-6
 ROPE_THETA = 10000.0
@@ -56,15 +57,16 @@ class JointAttention(nn.Module):
         for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
             setattr(self, name, RMSNorm(head_dim))
 
-    def forward(self, img: torch.Tensor, txt: torch.Tensor, rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, rope: torch.Tensor,
+                seq=WHOLE) -> tuple[torch.Tensor, torch.Tensor]:
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.unflatten(-1, (self.heads, self.head_dim))           # (B, L, H, hd)
 
         q = torch.cat([self.norm_added_q(heads(self.add_q_proj(txt))), self.norm_q(heads(self.to_q(img)))], dim=1)
         k = torch.cat([self.norm_added_k(heads(self.add_k_proj(txt))), self.norm_k(heads(self.to_k(img)))], dim=1)
         v = torch.cat([heads(self.add_v_proj(txt)), heads(self.to_v(img))], dim=1)
-        out = attention(apply_rope(q, rope), apply_rope(k, rope), v)        # (B, Lt+Li, D)
         lt = txt.shape[1]
+        out = attention(apply_rope(q, rope), apply_rope(k, rope), v, seq, lt)        # (B, Lt+Li, D)
         return self.to_out[0](out[:, lt:]), self.to_add_out(out[:, :lt])
 
 
@@ -105,12 +107,12 @@ class Block(nn.Module):
         self.txt_mlp = FeedForward(dim, mlp_hidden)
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor, temb: torch.Tensor,
-                rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                rope: torch.Tensor, seq=WHOLE) -> tuple[torch.Tensor, torch.Tensor]:
         img_mod1, img_mod2 = self.img_mod(temb).chunk(2, dim=-1)
         txt_mod1, txt_mod2 = self.txt_mod(temb).chunk(2, dim=-1)
         img_in, img_gate = _modulate(_layer_norm(img), img_mod1)
         txt_in, txt_gate = _modulate(_layer_norm(txt), txt_mod1)
-        img_attn, txt_attn = self.attn(img_in, txt_in, rope)
+        img_attn, txt_attn = self.attn(img_in, txt_in, rope, seq)
         img = img + img_gate * img_attn
         txt = txt + txt_gate * txt_attn
         img_in, img_gate = _modulate(_layer_norm(img), img_mod2)
@@ -159,7 +161,9 @@ class QwenImageTransformer(nn.Module):
         self.norm_out = FinalLayer(dim)
         self.proj_out = nn.Linear(dim, PATCH * PATCH * cfg["out_channels"])
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, sequence=None,
+                **_: torch.Tensor) -> torch.Tensor:
+        seq = sequence or WHOLE             # sequence parallel: this worker's image rows only
         five_d = x.ndim == 5
         if five_d:
             if x.shape[2] != 1:
@@ -179,13 +183,15 @@ class QwenImageTransformer(nn.Module):
         ids = torch.cat([txt_ids[:, None].expand(-1, 3), img_ids.reshape(-1, 3)], dim=0).unsqueeze(0)
         rope = rope_table(ids, self.cfg["axes_dims"], ROPE_THETA)                       # (1, Lt+Li, hd/2, 2)
 
-        img = self.img_in(tokens)
+        lt = context.shape[1]
+        rope = torch.cat([rope[:, :lt], seq.split(rope[:, lt:])], dim=1)
+        img = self.img_in(seq.split(tokens))
         txt = self.txt_in(self.txt_norm(context))
         te = self.time_text_embed.timestep_embedder
         temb = te.linear_2(F.silu(te.linear_1(timestep_embedding(timestep).to(img.dtype))))
         for block in self.transformer_blocks:
-            img, txt = block(img, txt, temb, rope)
-        out = self.proj_out(self.norm_out(img, temb))                                   # (B, hp*wp, C*4)
+            img, txt = block(img, txt, temb, rope, seq)
+        out = seq.gather(self.proj_out(self.norm_out(img, temb)))                                   # (B, hp*wp, C*4)
         co = self.cfg["out_channels"]
         out = out.view(b, hp, wp, co, PATCH, PATCH).permute(0, 3, 1, 4, 2, 5).reshape(b, co, hp * PATCH, wp * PATCH)
         out = out[:, :, :h, :w]

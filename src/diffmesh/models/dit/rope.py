@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from diffmesh.models.dit.sequence import WHOLE
+
 
 def rope_table(ids: torch.Tensor, axes_dims: tuple[int, ...] | list[int], theta: float) -> torch.Tensor:
     """Positions (B, L, n_axes) -> (B, L, sum(axes_dims) // 2, 2) float32 table of (cos, sin)."""
@@ -35,7 +37,8 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return out.reshape(x.shape).to(x.dtype)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Full (unmasked) softmax attention: q, k, v (B, L, H, D) -> (B, L, H*D)."""
-    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq=WHOLE, replicated: int = 0) -> torch.Tensor:
+    """Full (unmasked) softmax attention: q, k, v (B, L, H, D) -> (B, L, H*D). With sequence parallel
+    (`seq`, models.dit.sequence) the rows are the first `replicated` text rows and this worker's image rows."""
+    out = seq.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), replicated)
     return out.transpose(1, 2).flatten(2)

@@ -30,6 +30,7 @@ from torch import nn
 
 from diffmesh.models.dit import DiTFamily
 from diffmesh.models.dit.rope import apply_rope, attention, rope_table
+from diffmesh.models.dit.sequence import WHOLE
 
 NORM_EPS = 1e-5
 QK_NORM_EPS = torch.finfo(torch.float32).eps    # ComfyUI leaves the q/k norm eps unset
@@ -64,7 +65,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(head_dim, QK_NORM_EPS)
         self.k_norm = RMSNorm(head_dim, QK_NORM_EPS)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, seq=WHOLE, replicated: int = 0) -> torch.Tensor:
         b, n, _ = x.shape
         hd = self.head_dim
         q, k, v = self.qkv(x).split([self.heads * hd, self.kv_heads * hd, self.kv_heads * hd], dim=-1)
@@ -74,7 +75,7 @@ class Attention(nn.Module):
         if self.kv_heads != self.heads:
             rep = self.heads // self.kv_heads
             k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
-        return self.out(attention(q, k, v))
+        return self.out(attention(q, k, v, seq, replicated))
 
 
 class FeedForward(nn.Module):
@@ -102,12 +103,13 @@ class Block(nn.Module):
         if modulation:
             self.adaLN_modulation = nn.Sequential(nn.Linear(cfg["adaln_dim"], 4 * dim))
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, temb: torch.Tensor | None, seq=WHOLE,
+                replicated: int = 0) -> torch.Tensor:
         if not self.modulation:
             x = x + self.attention_norm2(_clamp_fp16(self.attention(self.attention_norm1(x), rope)))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
         scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(temb).unsqueeze(1).chunk(4, dim=-1)
-        attn = _clamp_fp16(self.attention(self.attention_norm1(x) * (1 + scale_msa), rope))
+        attn = _clamp_fp16(self.attention(self.attention_norm1(x) * (1 + scale_msa), rope, seq, replicated))
         x = x + gate_msa.tanh() * self.attention_norm2(attn)
         ffn = _clamp_fp16(self.feed_forward(self.ffn_norm1(x) * (1 + scale_mlp)))
         return x + gate_mlp.tanh() * self.ffn_norm2(ffn)
@@ -163,8 +165,10 @@ class ZImageTransformer(nn.Module):
     def _rope(self, ids: torch.Tensor) -> torch.Tensor:
         return rope_table(ids, self.cfg["axes_dims"], ROPE_THETA)
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, sequence=None,
+                **_: torch.Tensor) -> torch.Tensor:
         # The prompt attention mask is not used: ComfyUI's Z-Image attends every caption row, pads included.
+        seq = sequence or WHOLE             # sequence parallel: this worker's (padded) image rows only
         b, c, h, w = x.shape
         multiple = self.cfg["pad_tokens_multiple"]
         x = F.pad(x, (0, (-w) % PATCH, 0, (-h) % PATCH), mode="circular")
@@ -185,15 +189,16 @@ class ZImageTransformer(nn.Module):
         img_ids[0, :hp * wp, 1] = torch.arange(hp, dtype=torch.float32, device=x.device).repeat_interleave(wp)
         img_ids[0, :hp * wp, 2] = torch.arange(wp, dtype=torch.float32, device=x.device).repeat(hp)
         img_rope = self._rope(img_ids)
+        img, img_rope = seq.split(img), seq.split(img_rope)
 
         for layer in self.context_refiner:
             cap = layer(cap, cap_rope, None)
         for layer in self.noise_refiner:
-            img = layer(img, img_rope, temb)
+            img = layer(img, img_rope, temb, seq)
         joint, rope = torch.cat([cap, img], dim=1), torch.cat([cap_rope, img_rope], dim=1)
         for layer in self.layers:
-            joint = layer(joint, rope, temb)
-        out = self.final_layer(joint, temb)[:, lc:lc + hp * wp]                                # (B, hp*wp, p*p*C)
+            joint = layer(joint, rope, temb, seq, lc)
+        out = seq.gather(self.final_layer(joint[:, lc:], temb))[:, :hp * wp]                                # (B, hp*wp, p*p*C)
         out = out.reshape(b, hp, wp, PATCH, PATCH, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, hp * PATCH, wp * PATCH)
         return -out[:, :, :h, :w]
 
