@@ -7,7 +7,7 @@ from typing import Any, Iterable, Iterator
 
 from diffmesh.nodes.base import NodeDef, SchemaEnv
 
-CORE_MODULES = ("loaders", "conditioning", "sampling", "latent", "image", "io", "dit", "text_encoders")
+CORE_MODULES = ("loaders", "conditioning", "sampling", "latent", "image", "io", "dit", "text_encoders", "video")
 OPTIONAL_MODULES = ("devices",)        # multi-device nodes (SelectModelDevice, MultiGPU_WorkUnits, ...)
 
 
