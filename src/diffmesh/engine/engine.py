@@ -38,6 +38,7 @@ from diffmesh.executors.base import Executor
 from diffmesh.models.handle import ModelHandle
 from diffmesh.parallel import batch as batch_parallel
 from diffmesh.parallel import cfg as cfg_parallel
+from diffmesh.parallel import sequence as sequence_parallel
 from diffmesh.parallel.queue import WorkerPool
 from diffmesh.parallel.request import parallel_options, plain_handle
 
@@ -54,6 +55,18 @@ def _wait_all(futures: list[Future]) -> list[tuple[Any, BaseException | None]]:
         except BaseException as exc:  # noqa: BLE001 - sorted by the caller
             out.append((None, exc))
     return out
+
+
+def image_tokens(model: ModelHandle, job) -> int:
+    """Image tokens of a diffusion-transformer job (2x2 patches per frame), 0 for other models:
+    the planner offers sequence parallel only for transformers."""
+    from diffmesh.models.dit import FAMILY_MODULES
+
+    if model.family not in FAMILY_MODULES:
+        return 0
+    shape = tuple(job.latent.shape)
+    frames = shape[2] if len(shape) == 5 else 1
+    return frames * -(-shape[-2] // 2) * -(-shape[-1] // 2)
 
 
 class EngineScope:
@@ -80,7 +93,7 @@ class EngineScope:
     def plan(self, model: ModelHandle, job) -> SamplePlan:
         request = parallel_options(model)                          # a node's request wins over the flag
         mode = request.strategy if request is not None else self.root.parallel
-        workload = Workload(batch=int(job.latent.shape[0]), cfg=float(job.cfg))
+        workload = Workload(batch=int(job.latent.shape[0]), cfg=float(job.cfg), tokens=image_tokens(model, job))
         main = self.worker_for(plain_handle(model))
         workers = request.workers_for(self.workers, main) if request is not None else self.workers
         return plan_sample(workload, workers, mode, main_worker=main)
@@ -127,6 +140,8 @@ class EngineScope:
             return self._sample_batch(handle, job, plan, progress)
         if plan.strategy == "cfg":
             return self._sample_cfg(handle, job, plan, progress)
+        if plan.strategy == "sequence":
+            return self._sample_sequence(handle, job, plan, progress)
         return self._call_once_retried(plan.workers[0], "sample", handle, job, progress=progress)
 
     def _run_parts(self, method: str, parts: list[tuple[int, tuple]], progress: Progress | None = None,
@@ -192,6 +207,25 @@ class EngineScope:
         return self.root.executor.call(retry, "sample", handle, job,
                                        on_event=self._tagged(progress, retry, "single")).result()
 
+    def _sample_sequence(self, handle: ModelHandle, job, plan: SamplePlan, progress: Progress | None) -> torch.Tensor:
+        group = self.root.sequence_groups.group(plan.workers)
+        parts = sequence_parallel.split_sequence(job, group, self.root.sequence_attention)
+        futures = [self.root.executor.call(w, "sample", handle, part, sequence=seq,
+                                           on_event=self._tagged(progress, w, "sequence") if i == 0 else None)
+                   for i, (w, part, seq) in enumerate(parts)]
+        outcomes = _wait_all(futures)
+        errors = [e for _, e in outcomes if e is not None]
+        if not errors:
+            return sequence_parallel.merge_sequence([r for r, _ in outcomes])
+        self.root.sequence_groups.drop(group)
+        died = [(w, e) for (w, _, _), (_, e) in zip(parts, outcomes) if isinstance(e, WorkerDied)]
+        if not died:
+            raise next((e for e in errors if not isinstance(e, WorkerDied)), errors[0])
+        retry = self._retry_worker(died[0][0])
+        log.warning("%s; retrying the whole job once on worker %s without sequence parallel", died[0][1], retry)
+        return self.root.executor.call(retry, "sample", handle, job,
+                                       on_event=self._tagged(progress, retry, "single")).result()
+
     def interrupt(self) -> None:
         self.root.executor.interrupt(self.worker_ids)
 
@@ -229,7 +263,7 @@ class Engine(EngineScope):
 
     def __init__(self, executor: Executor, *, parallel: str = "auto", default_device: str | None = None,
                  split_components: bool = True, speeds: dict[int, float] | None = None,
-                 cfg_timeout_s: float = 600.0):
+                 cfg_timeout_s: float = 600.0, sequence_attention: str = "auto"):
         if parallel not in MODES:
             raise ConfigError(f"unknown parallel mode {parallel!r}", where="--parallel",
                               fix=f"choose one of {', '.join(MODES)}")
@@ -245,6 +279,13 @@ class Engine(EngineScope):
         self.cfg_groups = cfg_parallel.CfgGroups(
             executor.call, lambda w: getattr(executor, "restarts", {}).get(w, 0), timeout_s=cfg_timeout_s,
             device_of=lambda w: self.infos[w].device)
+        self.sequence_groups = sequence_parallel.SequenceGroups(
+            executor.call, lambda w: getattr(executor, "restarts", {}).get(w, 0), timeout_s=cfg_timeout_s,
+            device_of=lambda w: self.infos[w].device)
+        if sequence_attention not in sequence_parallel.MODES:
+            raise ConfigError(f"unknown sequence attention {sequence_attention!r}", where="--sequence-attention",
+                              fix=f"choose one of {', '.join(sequence_parallel.MODES)}")
+        self.sequence_attention = sequence_attention     # auto: Ulysses when heads >= workers, else ring
         self.last_plan: SamplePlan | None = None
         super().__init__(self, list(self.infos))
 

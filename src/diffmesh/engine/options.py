@@ -15,7 +15,9 @@ from diffmesh.executors import BACKENDS
 
 PARALLEL_HELP = ("how several devices share work: auto (planner decides per job and per queue), none (one device "
                  "per job; placement only), batch (split batches), cfg (cond/uncond on two devices), queue "
-                 "(one prompt per device)")
+                 "(one prompt per device), sequence (a transformer's image tokens split over the devices)")
+SEQUENCE_ATTENTION_HELP = ("attention exchange of sequence parallel: auto (Ulysses all-to-all when the model has at "
+                           "least as many heads as devices, else ring), ulysses, ring")
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +25,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--executor", choices=sorted(BACKENDS), default=None,
                        help="worker backend (default: inproc for one worker, multiproc for several)")
     group.add_argument("--parallel", choices=MODES, default="auto", help=PARALLEL_HELP)
+    group.add_argument("--sequence-attention", choices=("auto", "ulysses", "ring"), default="auto",
+                       help=SEQUENCE_ATTENTION_HELP)
 
 
 def executor_name(ns: argparse.Namespace, specs: list) -> str:
@@ -37,6 +41,7 @@ def build_engine(ns: argparse.Namespace, specs: list, **engine_options: Any):
     backend = make_executor(executor_name(ns, specs), specs)
     backend.start()
     try:
+        engine_options.setdefault("sequence_attention", getattr(ns, "sequence_attention", None) or "auto")
         engine = Engine(backend, parallel=getattr(ns, "parallel", None) or "auto", **engine_options)
         if needs_calibration(specs):
             engine.calibrate()

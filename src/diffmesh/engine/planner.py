@@ -4,9 +4,13 @@ Inputs: the workers available to the prompt (count, relative speed, free memory)
 (batch size, cfg) and the requested mode (`--parallel auto|none|batch|cfg|queue`, overridden by
 a `MultiGPU_WorkUnits` node). In `auto`, each candidate gets a cost estimate in "UNet rows per
 unit speed" and the cheapest wins; ties go to the simpler strategy:
-  single: 2B rows (cond + uncond; B when cfg == 1) on the main worker;
-  batch:  the slowest share, rows split in proportion to speed (`parallel.batch.split_batch`);
-  cfg:    B rows on each of the two fastest workers, plus a per-step exchange overhead.
+  single:   2B rows (cond + uncond; B when cfg == 1) on the main worker;
+  batch:    the slowest share, rows split in proportion to speed (`parallel.batch.split_batch`);
+  cfg:      B rows on each of the two fastest workers, plus a per-step exchange overhead;
+  sequence: (diffusion transformers only) every row on every worker, each with 1/P of the image
+            tokens, plus a larger exchange overhead (attention exchanges in every block); not
+            offered when a worker would hold fewer than MIN_SEQUENCE_TOKENS tokens, where the
+            exchanges cost more than the split saves.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from dataclasses import asdict, dataclass, field
 from diffmesh.engine.placement import WorkerInfo
 from diffmesh.parallel.batch import split_batch
 
-MODES = ("auto", "none", "batch", "cfg", "queue")
+MODES = ("auto", "none", "batch", "cfg", "queue", "sequence")
 CFG_EXCHANGE_OVERHEAD = 0.05          # fraction of a step lost to the exchange and lockstep waiting
+SEQUENCE_OVERHEAD = 0.10              # fraction of a step lost to the per-block attention exchanges
+MIN_SEQUENCE_TOKENS = 256             # image tokens per worker below which sequence parallel is not offered
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,7 @@ class Workload:
     batch: int
     cfg: float
     model_bytes: int | None = None     # for the memory check, when known
+    tokens: int = 0                    # image tokens of a diffusion transformer (0: no sequence split)
 
     @property
     def uses_uncond(self) -> bool:
@@ -33,8 +40,9 @@ class Workload:
 
 @dataclass(frozen=True)
 class SamplePlan:
-    strategy: str                                   # "single" | "batch" | "cfg"
-    workers: tuple[int, ...]                        # single: (w,); cfg: (cond, uncond); batch: one per part
+    strategy: str                                   # "single" | "batch" | "cfg" | "sequence"
+    workers: tuple[int, ...]                        # single: (w,); cfg: (cond, uncond); batch: one per part;
+                                                    # sequence: rank order (rank 0 = the main worker)
     ranges: tuple[tuple[int, int], ...] = ()        # batch: rows [start, stop) per worker
     reason: str = ""
     cost: float = field(default=0.0, compare=False)
@@ -74,6 +82,22 @@ def _cfg(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo) -> Sam
                       reason=f"cond and uncond on two workers, cfg={workload.cfg}", cost=cost)
 
 
+def _sequence(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo,
+              min_tokens: int = MIN_SEQUENCE_TOKENS) -> SamplePlan | None:
+    """Every usable worker that gets at least `min_tokens` image tokens (1 when the mode is asked for)."""
+    if workload.tokens == 0:
+        return None
+    count = min(len(workers), workload.tokens // min_tokens)
+    if count < 2:
+        return None
+    others = sorted((w for w in workers if w.worker_id != main.worker_id), key=lambda w: -w.speed)
+    group = [main] + others[:count - 1]
+    rows = workload.batch * (2 if workload.uses_uncond else 1)
+    cost = rows / (count * min(w.speed for w in group)) * (1 + SEQUENCE_OVERHEAD)
+    return SamplePlan("sequence", tuple(w.worker_id for w in group),
+                      reason=f"{workload.tokens} image tokens split over {count} workers", cost=cost)
+
+
 def plan_sample(workload: Workload, workers: list[WorkerInfo], mode: str = "auto",
                 main_worker: int | None = None) -> SamplePlan:
     """Pick single, batch or CFG parallel for one job over `workers` (the prompt's workers)."""
@@ -85,9 +109,14 @@ def plan_sample(workload: Workload, workers: list[WorkerInfo], mode: str = "auto
     if len(usable) < 2 or mode in ("none", "queue"):
         return single if len(usable) < 2 else _single(workload, main, f"parallel mode {mode!r}")
     batch, cfg = _batch(workload, usable), _cfg(workload, usable, main)
+    sequence = _sequence(workload, usable, main, 1 if mode == "sequence" else MIN_SEQUENCE_TOKENS)
+    if mode == "sequence":
+        why = ("sequence parallel asked for, but the model is not a diffusion transformer" if not workload.tokens
+               else f"sequence parallel asked for, but {workload.tokens} image tokens are too few to split")
+        return sequence or _single(workload, main, why)
     if mode == "batch":
         return batch or _single(workload, main, "batch parallel asked for, but the batch has one sample")
     if mode == "cfg":
         return cfg or (batch or _single(workload, main, "CFG parallel asked for, but cfg is 1 (no uncond pass)"))
-    candidates = [single] + [p for p in (batch, cfg) if p is not None]     # order = preference on ties
+    candidates = [single] + [p for p in (batch, cfg, sequence) if p is not None]     # order = preference on ties
     return min(candidates, key=lambda p: p.cost)

@@ -70,20 +70,42 @@ class Worker:
     def encode_text(self, clip: ModelHandle, text: str, emit: Emit = _no_emit) -> list:
         return self._run(clip, lambda encoder: encoder.encode(text))
 
-    def sample(self, model: ModelHandle, job, emit: Emit = _no_emit, group: str | None = None) -> torch.Tensor:
-        """Run a sampling job. A CFG-parallel half (`job.cfg_part`) exchanges through gloo group `group`."""
+    def sample(self, model: ModelHandle, job, emit: Emit = _no_emit, group: str | None = None,
+               sequence: dict | None = None) -> torch.Tensor:
+        """Run a sampling job. A CFG-parallel half (`job.cfg_part`) exchanges through group `group`;
+        with `sequence` ({"group", "rank", "world", "mode"}) the transformer runs on this worker's
+        share of the image tokens (`parallel.sequence`)."""
+        from diffmesh.parallel.sequence import SequenceModel
         from diffmesh.sampling.pipeline import run_sample_job
 
         self.interrupt_flag.clear()
+        shard = self._sequence_shard(sequence) if sequence else None
         if job.cfg_part is not None:
             job = self._with_exchange(job, group)
 
         def on_step(step: int, total: int, x0: torch.Tensor | None) -> None:
-            if job.exchange is None:        # a CFG-parallel half stops at the exchange, with its partner
+            if shard is not None:           # the members stop together, at the same step
+                if shard.agree_stop(self.interrupt_flag.is_set()):
+                    raise InterruptedError_("interrupted")
+            elif job.exchange is None:      # a CFG-parallel half stops at the exchange, with its partner
                 self._check_interrupt()
             emit({"type": "progress", "value": step, "max": total, "x0": x0})
 
-        return self._run(model, lambda unet: run_sample_job(unet, job, on_step))
+        def run(unet):
+            return run_sample_job(unet if shard is None else SequenceModel(unet, shard), job, on_step)
+
+        return self._run(model, run)
+
+    def _sequence_shard(self, sequence: dict):
+        from diffmesh.parallel.sequence import SequenceShard
+
+        name = sequence["group"]
+        if name not in self._groups:
+            raise ValueError(f"worker {self.spec.worker_id} is not in process group {name!r}; "
+                             "the engine must call init_process_group first")
+        handle, backend = self._groups[name]
+        return SequenceShard(handle, sequence["rank"], sequence["world"], sequence.get("mode", "auto"),
+                             on_device=backend == "nccl")
 
     def vae_decode(self, vae: ModelHandle, samples: torch.Tensor, tiling: dict | None = None,
                    emit: Emit = _no_emit) -> torch.Tensor:

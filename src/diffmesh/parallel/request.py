@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from diffmesh.models.handle import ModelHandle
 
-STRATEGIES = ("auto", "none", "batch", "cfg", "queue")
+STRATEGIES = ("auto", "none", "batch", "cfg", "queue", "sequence")
 
 
 @dataclass(frozen=True)

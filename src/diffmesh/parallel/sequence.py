@@ -33,6 +33,8 @@ accelerate, distvae, av, peft): it cannot drive diffmesh's own modules. Hence th
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -218,7 +220,8 @@ class SequenceGroup:
 def split_sequence(job, group: SequenceGroup, mode: str = "auto") -> list[tuple[int, Any, dict]]:
     """(worker, job, sequence kwargs) for each member: the same job; the rank picks the rows."""
     world = len(group.workers)
-    return [(w, job, {"rank": r, "world": world, "mode": mode}) for r, w in enumerate(group.workers)]
+    return [(w, job, {"group": group.group, "rank": r, "world": world, "mode": mode})
+            for r, w in enumerate(group.workers)]
 
 
 def merge_sequence(results: list[torch.Tensor]) -> torch.Tensor:
@@ -227,3 +230,50 @@ def merge_sequence(results: list[torch.Tensor]) -> torch.Tensor:
 
 
 Call = Callable[..., Any]
+
+
+class SequenceGroups:
+    """Engine side: one process group per ordered set of workers, opened on first use (every member
+    joins at once), dropped after a failure. A restarted worker process has lost its groups, so the
+    key includes each member's restart count (`generation`)."""
+
+    def __init__(self, call: Call, generation: Callable[[int], int] = lambda worker: 0,
+                 host: str = "127.0.0.1", timeout_s: float = 600.0,
+                 device_of: Callable[[int], str] = lambda worker: "cpu"):
+        self._call, self._generation, self._device_of = call, generation, device_of
+        self._host, self._timeout_s = host, timeout_s
+        self._groups: dict[tuple, SequenceGroup] = {}
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def group(self, workers: tuple[int, ...]) -> SequenceGroup:
+        key = tuple(workers) + tuple(self._generation(w) for w in workers)
+        with self._lock:
+            found = self._groups.get(key)
+            if found is None:
+                found = self._groups[key] = self._open(tuple(workers))
+            return found
+
+    def _open(self, workers: tuple[int, ...]) -> SequenceGroup:
+        from diffmesh.parallel.cfg import free_port, group_backend
+
+        self._count += 1
+        name = f"seq-{'-'.join(map(str, workers))}-{self._count}-{os.urandom(3).hex()}"
+        init = f"tcp://{self._host}:{free_port(self._host)}"
+        backend = group_backend([self._device_of(w) for w in workers])
+        futures = [self._call(w, "init_process_group", rank, len(workers), init, name=name,
+                              timeout_s=self._timeout_s, backend=backend) for rank, w in enumerate(workers)]
+        for future in futures:
+            future.result()
+        return SequenceGroup(workers, name)
+
+    def drop(self, group: SequenceGroup) -> None:
+        """Forget a group after a failed job; each member closes its side (errors ignored)."""
+        with self._lock:
+            for key in [k for k, v in self._groups.items() if v == group]:
+                del self._groups[key]
+        for worker in group.workers:
+            try:
+                self._call(worker, "destroy_process_group", group.group).result(timeout=30)
+            except Exception:  # noqa: BLE001 - the worker may be dead or restarting; its group is gone then
+                pass

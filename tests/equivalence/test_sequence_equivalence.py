@@ -1,0 +1,101 @@
+"""Sequence parallel (image tokens split across CPU worker processes, attention exchanged through a
+gloo group) gives one device's final latent: tiny Flux.1-dev, Z-Image and Qwen-Image (2 heads each),
+2 workers (Ulysses: one head each) and 3 workers (uneven token rows; 2 heads < 3 workers: ring),
+Ulysses and ring forced, cfg > 1, and the planner choosing it on its own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffmesh.engine.engine import Engine
+from diffmesh.executors.base import WorkerSpec
+from diffmesh.executors.multiproc import MultiProcessExecutor
+from diffmesh.models.handle import ModelHandle
+from diffmesh.parallel.request import with_parallel_request
+from diffmesh.sampling.job import SampleJob
+
+CONTEXT_WIDTH = 64          # the tiny DiTs' text width (testmodels_dit, dit.testfiles)
+
+
+def assert_same_latent(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Same numbers up to float reordering (attention of a head split over workers): relative L2 < 1e-5."""
+    assert actual.shape == expected.shape
+    relative = ((actual - expected).norm() / expected.norm()).item()
+    print(f"relative L2 difference {relative:.2e}")
+    assert relative < 1e-5, f"relative L2 difference {relative:.2e}"
+
+
+@pytest.fixture(scope="module")
+def three_workers():
+    executor = MultiProcessExecutor([WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(3)],
+                                    start_timeout=120)
+    executor.start()
+    yield executor
+    executor.shutdown(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_files) -> dict[str, ModelHandle]:
+    return {"flux": ModelHandle(tiny_model_files["flux"]["flux_dev"], "unet", "flux"),
+            "zimage": ModelHandle(tiny_model_files["dit"]["zimage"], "unet", "zimage"),
+            "qwenimage": ModelHandle(tiny_model_files["dit"]["qwenimage"], "unet", "qwenimage")}
+
+
+def _conditioning(seed: int, rows: int, family: str) -> list:
+    g = torch.Generator().manual_seed(seed)
+    options = {"pooled_output": torch.randn(1, 32, generator=g), "guidance": 3.5} if family == "flux" else {}
+    return [[torch.randn(1, rows, CONTEXT_WIDTH, generator=g), options]]
+
+
+def _job(model: ModelHandle, cfg=1.0, sampler="euler", seed=42, steps=3, height=10, width=14) -> SampleJob:
+    """An odd-sized latent (10x14 -> 5x7 = 35 tokens): every worker count splits it unevenly."""
+    from diffmesh.nodes.sampling import model_sampling_for
+    from diffmesh.sampling.noise import prepare_noise
+    from diffmesh.sampling.schedules import ksampler_sigmas
+
+    latent = torch.zeros(1, 16, height, width)
+    sigmas = ksampler_sigmas(model_sampling_for(model), "simple", sampler, steps, 1.0)
+    return SampleJob(latent=latent, noise=prepare_noise(latent, seed, None), sigmas=sigmas, sampler_name=sampler,
+                     cfg=cfg, positive=_conditioning(1, 12, model.family),
+                     negative=_conditioning(2, 7, model.family), seed=seed)
+
+
+@pytest.mark.parametrize("family", ["flux", "zimage", "qwenimage"])
+@pytest.mark.parametrize("workers", [2, 3])
+def test_sequence_parallel_matches_single_device(request, reference_engine, models, family, workers):
+    executor = request.getfixturevalue("two_workers" if workers == 2 else "three_workers")
+    job = _job(models[family], sampler="euler_ancestral")
+    engine = Engine(executor, parallel="sequence")
+    result = engine.sample(models[family], job)
+    assert engine.last_plan.strategy == "sequence" and len(engine.last_plan.workers) == workers
+    assert_same_latent(result, reference_engine.sample(models[family], job))
+
+
+@pytest.mark.parametrize("attention", ["ulysses", "ring"])
+def test_forced_attention_kind_matches_single_device(three_workers, reference_engine, models, attention):
+    """Ulysses on 3 workers with 2 heads gives one worker no head; ring on 3 passes blocks twice."""
+    job = _job(models["qwenimage"], cfg=2.5, steps=2)
+    engine = Engine(three_workers, parallel="sequence", sequence_attention=attention)
+    result = engine.sample(models["qwenimage"], job)
+    assert engine.last_plan.strategy == "sequence"
+    assert_same_latent(result, reference_engine.sample(models["qwenimage"], job))
+
+
+def test_node_request_and_planner_choose_sequence(two_workers, reference_engine, models):
+    """MultiGPU_WorkUnits' strategy 'sequence' overrides --parallel none; in auto a cfg-1 transformer
+    job at 64x64 latent (1024 tokens) goes to sequence parallel, a UNet-sized small one does not."""
+    flux = models["flux"]
+    job = _job(flux, steps=2)
+    engine = Engine(two_workers, parallel="none")
+    result = engine.sample(with_parallel_request(flux, "sequence"), job)
+    assert engine.last_plan.strategy == "sequence"
+    assert_same_latent(result, reference_engine.sample(flux, job))
+
+    auto = Engine(two_workers, parallel="auto")
+    big = _job(flux, steps=1, height=64, width=64)
+    result = auto.sample(flux, big)
+    assert auto.last_plan.strategy == "sequence"
+    assert_same_latent(result, reference_engine.sample(flux, big))
+    auto.sample(flux, _job(flux, steps=1))             # 35 tokens: not worth splitting
+    assert auto.last_plan.strategy == "single"
