@@ -64,15 +64,17 @@ def _immediate(prompt: dict, node_id: str, order: dict[str, int], changed: dict[
     return tuple(parts)
 
 
+def compute_signature(prompt, node_id: str, changed: dict[str, Any], keyed_by_id: set[str]) -> tuple:
+    """The signature of one node; `prompt` may be a dynamic prompt's view (ephemeral nodes too)."""
+    order = _ancestry(prompt, node_id)
+    parts = [_immediate(prompt, node_id, order, changed, keyed_by_id)]
+    parts += [_immediate(prompt, ancestor, order, changed, keyed_by_id) for ancestor in order]
+    return tuple(parts)
+
+
 def compute_signatures(prompt: dict, changed: dict[str, Any], keyed_by_id: set[str]) -> dict[str, tuple]:
     """node id -> signature for every node of the prompt."""
-    signatures = {}
-    for node_id in prompt:
-        order = _ancestry(prompt, node_id)
-        parts = [_immediate(prompt, node_id, order, changed, keyed_by_id)]
-        parts += [_immediate(prompt, ancestor, order, changed, keyed_by_id) for ancestor in order]
-        signatures[node_id] = tuple(parts)
-    return signatures
+    return {node_id: compute_signature(prompt, node_id, changed, keyed_by_id) for node_id in prompt}
 
 
 @dataclass
@@ -100,6 +102,10 @@ class ExecutionCache:
         self._claims: dict[tuple[str, str], "CacheSession"] = {}     # states in use by a running prompt
         self._active: set["CacheSession"] = set()
         self._last: CacheSession | None = None
+        # Ephemeral (expanded) nodes by the id of the node that expanded them, as (id, signature):
+        # classic keeps their outputs while that node is in the prompt (ComfyUI's subcaches), so a
+        # node that runs again (IS_CHANGED) finds the unchanged part of its expansion cached.
+        self._children: dict[str, set[tuple[str, Any]]] = {}
 
     def begin_prompt(self, prompt: dict, signatures: dict[str, Any]) -> "CacheSession":
         """Start one prompt: drop what the policy no longer keeps (never what a running prompt
@@ -107,7 +113,7 @@ class ExecutionCache:
         with self._lock:
             active_sigs = set().union(*(set(s.signatures.values()) for s in self._active)) if self._active else set()
             if self.policy == "classic":
-                current = set(signatures.values()) | active_sigs
+                current = set(signatures.values()) | active_sigs | self._descendants(set(prompt))
                 for key in [k for k in self._outputs if k not in current]:
                     del self._outputs[key]
             if self.policy != "lru":
@@ -119,6 +125,23 @@ class ExecutionCache:
             self._active.add(session)
             self._last = session
             return session
+
+    def _descendants(self, node_ids: set[str]) -> set:
+        """Signatures of the ephemeral nodes expanded (at any depth) from `node_ids`; the table
+        keeps only those nodes."""
+        stack, seen, found = list(node_ids), set(node_ids), set()
+        while stack:
+            for child, signature in self._children.get(stack.pop(), ()):
+                found.add(signature)
+                if child not in seen:
+                    seen.add(child)
+                    stack.append(child)
+        self._children = {k: v for k, v in self._children.items() if k in seen}
+        return found
+
+    def _adopt(self, parent_id: str, child_id: str, signature: Any) -> None:
+        with self._lock:
+            self._children.setdefault(parent_id, set()).add((child_id, signature))
 
     def _lookup(self, key: Any) -> CacheEntry | None:
         if self.policy == "none":
@@ -170,6 +193,7 @@ class ExecutionCache:
     def clear(self) -> None:
         with self._lock:
             self._outputs.clear()
+            self._children.clear()
             self._states.clear()
             self._state_sigs.clear()
 
@@ -204,6 +228,13 @@ class CacheSession:
 
     def get(self, node_id: str) -> CacheEntry | None:
         return self._pinned.get(node_id)
+
+    def add_ephemeral(self, node_id: str, signature: Any, parent_id: str) -> bool:
+        """Sign a node an expansion added (child of `parent_id`); True when its output is cached."""
+        self.signatures[node_id] = signature
+        if self.cache.policy == "classic":
+            self.cache._adopt(parent_id, node_id, signature)
+        return bool(self.find([node_id]))
 
     def set(self, node_id: str, entry: CacheEntry) -> None:
         if self.cache.policy == "none":

@@ -1,13 +1,17 @@
-"""Which nodes run, and in what order (spec §5.2).
+"""Which nodes run, and in what order (spec §5.2; ComfyUI's ExecutionList).
 
 Each output node is scheduled (even when cached), then recursively every upstream node whose
-output is not cached. Nodes run in dependency order; among ready nodes the pick favours output
-nodes, then nodes feeding an output, then two hops from one (ComfyUI's UX order, so previews
-appear early), else the first ready node in insertion order.
+output is not cached, through "strong" links: links into lazy inputs are left out until the node
+asks for them (`make_input_strong_link`, from its `check_lazy_status`). A node that was picked may
+be put back with new dependencies (lazy inputs it needs, the nodes of its expansion) and runs
+again when they are done; an async node is held by an external block until its task ends.
+Among ready nodes the pick favours output and async nodes, then nodes feeding an output, then two
+hops from one (ComfyUI's UX order, so previews appear early), else the first ready node.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Callable
 
 from diffmesh.graph.graph_utils import is_link
@@ -17,61 +21,116 @@ class DependencyCycleError(Exception):
     """The prompt's links form a cycle; nothing in it can run."""
 
 
+class NodeInputError(Exception):
+    """A node asked (check_lazy_status) for an input that is not a link."""
+
+
 class ExecutionList:
-    def __init__(self, prompt: dict, is_output: Callable[[str], bool], is_cached: Callable[[str], bool]):
-        self.prompt = prompt
+    def __init__(self, dynprompt, is_output: Callable[[str], bool], is_cached: Callable[[str], bool],
+                 is_lazy: Callable[[str, str], bool] = lambda nid, name: False,
+                 is_async: Callable[[str], bool] = lambda nid: False):
+        self.dynprompt = dynprompt
         self.is_output = is_output
         self.is_cached = is_cached
-        self.pending: dict[str, set[str]] = {}          # node -> scheduled upstream nodes not yet done
-        self.order: list[str] = []                      # insertion order
+        self.is_lazy = is_lazy
+        self.is_async = is_async
+        self.pending: dict[str, int] = {}                 # node -> count of blocks (insertion order)
+        self.blocking: dict[str, set[str]] = {}          # node -> nodes it blocks
+        self.external = 0
+        self.unblocked = asyncio.Event()
+        self.staged: str | None = None
 
-    def add(self, node_id: str) -> None:
-        if node_id in self.pending:
-            return
-        self.pending[node_id] = set()
-        self.order.append(node_id)
-        for value in self.prompt[node_id].get("inputs", {}).values():
-            if not is_link(value) or value[0] not in self.prompt:
+    def _inputs(self, node_id: str) -> dict:
+        return self.dynprompt.get_node(node_id).get("inputs", {})
+
+    def add(self, node_id: str, include_lazy: bool = False) -> None:
+        """Schedule `node_id` and every uncached node it needs (not through lazy inputs)."""
+        stack, links = [node_id], []
+        while stack:
+            current = stack.pop()
+            if current in self.pending:
                 continue
-            source = value[0]
-            if not self.is_cached(source):
-                self.add(source)
-                self.pending[node_id].add(source)
+            self.pending[current] = 0
+            self.blocking[current] = set()
+            for name, value in self._inputs(current).items():
+                if not is_link(value) or not self.dynprompt.has_node(value[0]):
+                    continue
+                if (include_lazy or not self.is_lazy(current, name)) and not self.is_cached(value[0]):
+                    stack.append(value[0])
+                    links.append((value[0], current))
+        for source, target in links:
+            self.add_strong_link(source, target)
+
+    def add_strong_link(self, source: str, target: str) -> None:
+        """`target` waits for `source` (scheduled if it is not cached)."""
+        if self.is_cached(source):
+            return
+        self.add(source)
+        if target not in self.blocking[source]:
+            self.blocking[source].add(target)
+            self.pending[target] += 1
+
+    def make_input_strong_link(self, node_id: str, input_name: str) -> None:
+        value = self._inputs(node_id).get(input_name)
+        if value is None:
+            raise NodeInputError(f"Node {node_id} says it needs input {input_name}, but there is no input "
+                                 "to that node at all")
+        if not is_link(value):
+            raise NodeInputError(f"Node {node_id} says it needs input {input_name}, but that value is a constant")
+        self.add_strong_link(value[0], node_id)
+
+    def add_external_block(self, node_id: str) -> Callable[[], None]:
+        """Hold `node_id` until the returned function is called (an async node's task ended)."""
+        self.external += 1
+        self.pending[node_id] += 1
+
+        def unblock() -> None:
+            self.external -= 1
+            self.pending[node_id] -= 1
+            self.unblocked.set()
+        return unblock
 
     def __bool__(self) -> bool:
         return bool(self.pending)
 
-    def _feeds_output(self, node_id: str, hops: int) -> bool:
-        frontier = {node_id}
-        for _ in range(hops):
-            frontier = {nid for nid, node in self.prompt.items()
-                        if any(is_link(v) and v[0] in frontier for v in node.get("inputs", {}).values())}
-            if any(self.is_output(n) for n in frontier):
-                return True
-        return False
+    def ready(self) -> list[str]:
+        return [nid for nid, blocks in self.pending.items() if blocks == 0]
 
-    def next(self) -> str:
-        """The node to run next; raises `DependencyCycleError` when nothing is ready."""
-        ready = [nid for nid in self.order if nid in self.pending and not self.pending[nid]]
-        if not ready:
+    async def stage(self) -> str:
+        """The node to run next (waits for async tasks when only they hold nodes back); raises
+        `DependencyCycleError` when nothing can become ready."""
+        assert self.staged is None
+        available = self.ready()
+        while not available and self.external > 0:
+            await self.unblocked.wait()
+            self.unblocked.clear()
+            available = self.ready()
+        if not available:
             cycle = sorted(self.pending)
             raise DependencyCycleError(f"Dependency cycle detected between nodes {', '.join(cycle)}: "
                                        "remove one of the links that loops back")
-        for test in (self.is_output, lambda n: self._feeds_output(n, 1), lambda n: self._feeds_output(n, 2)):
-            for node_id in ready:
-                if test(node_id):
-                    return node_id
+        self.staged = self._pick(available)
+        return self.staged
+
+    def _pick(self, ready: list[str]) -> str:
+        for node_id in ready:
+            if self.is_output(node_id) or self.is_async(node_id):
+                return node_id
+        for node_id in ready:
+            if any(self.is_output(b) for b in self.blocking[node_id]):
+                return node_id
+        for node_id in ready:
+            if any(self.is_output(b2) for b in self.blocking[node_id] for b2 in self.blocking.get(b, ())):
+                return node_id
         return ready[0]
 
-    def complete(self, node_id: str) -> None:
-        self.pending.pop(node_id, None)
-        for waiting in self.pending.values():
-            waiting.discard(node_id)
+    def unstage(self) -> None:
+        """The staged node is pending again (it added dependencies or started an async task)."""
+        self.staged = None
 
-
-def build_execution_list(prompt: dict, outputs: list[str], is_output: Callable[[str], bool],
-                         is_cached: Callable[[str], bool]) -> ExecutionList:
-    execution = ExecutionList(prompt, is_output, is_cached)
-    for output_id in outputs:
-        execution.add(output_id)
-    return execution
+    def complete(self) -> None:
+        node_id, self.staged = self.staged, None
+        del self.pending[node_id]
+        for blocked in self.blocking.pop(node_id):
+            if blocked in self.pending:
+                self.pending[blocked] -= 1

@@ -10,6 +10,7 @@ import traceback
 from typing import Any
 
 from diffmesh.graph.graph_utils import is_link, unwrap_constant
+from diffmesh.graph.node_call import resolve_now
 from diffmesh.nodes.base import SchemaEnv, as_env
 
 COERCE = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
@@ -57,11 +58,12 @@ class _Validator:
         schema = definition.schema
         inputs = node.setdefault("inputs", {})
         custom = set(definition.validated_input_names())
+        takes_all = definition.validate_takes_all()
+        received_types: dict[str, Any] = {}
         errors: list[dict] = []
         valid = True
-        last_name = None
         for spec in schema.inputs:
-            name = last_name = spec.name
+            name = spec.name
             info = spec.to_spec(self.env)
             if name not in inputs:
                 if spec.section == "required":
@@ -75,21 +77,22 @@ class _Validator:
                                      {"input_name": name, "input_config": info, "received_value": value}))
                 continue
             if is_link(value):
-                ok = self._check_link(name, spec, info, value, errors)
+                ok = self._check_link(name, spec, info, value, errors, received_types, "input_types" in custom)
                 valid = valid and ok
                 continue
-            self._check_constant(inputs, name, spec, info, value, custom, errors)
-        if definition.validate_inputs is not None and all(k in inputs and not is_link(inputs[k]) for k in custom):
-            self._custom(definition, inputs, custom, last_name, errors)
+            self._check_constant(inputs, name, spec, info, value, custom if not takes_all else _ALL, errors)
+        if custom or takes_all:
+            self._custom(definition, node_id, inputs, custom, takes_all, received_types, errors)
         return (valid and not errors, errors)
 
-    def _check_link(self, name, spec, info, value, errors) -> bool:
+    def _check_link(self, name, spec, info, value, errors, received_types, any_type: bool) -> bool:
         source_id, slot = value
         try:
             source = self.prompt[source_id]
             outputs = self.registry[source["class_type"]].schema.output_types
             received = outputs[int(slot)]
-            if not types_compatible(received, spec.type):
+            received_types[name] = received
+            if not any_type and not types_compatible(received, spec.type):
                 details = f"{name}, received_type({received}) mismatch input_type({spec.type})"
                 errors.append(_issue("return_type_mismatch", "Return type mismatch between linked nodes", details,
                                      {"input_name": name, "input_config": info, "received_type": received,
@@ -138,13 +141,39 @@ class _Validator:
                 errors.append(_issue("value_not_in_list", "Value not in list", f"{name}: '{value}' not in {listing}",
                                      {"input_name": name, "input_config": config, "received_value": value}))
 
-    def _custom(self, definition, inputs, custom, last_name, errors) -> None:
-        args = {k: inputs[k] for k in custom}
-        result = definition.validate_inputs(self.env.paths, **args)
-        if result is not True:
-            details = f"{last_name}" if result is False else f"{last_name} - {result}"
+    def _custom(self, definition, node_id, inputs, custom, takes_all, received_types, errors) -> None:
+        """VALIDATE_INPUTS with the inputs it names (every one with **kwargs): constants as they
+        are, linked inputs as None, `input_types` the linked types; anything but True fails each
+        input it got, as ComfyUI reports it."""
+        schema = definition.schema
+        values: dict[str, Any] = {}
+        for name, value in inputs.items():
+            if is_link(value):
+                values[name] = None
+            elif schema.input(name) is not None:
+                values[name] = value
+        hidden = {"PROMPT": {}, "DYNPROMPT": None, "EXTRA_PNGINFO": None, "UNIQUE_ID": node_id}
+        values.update({name: hidden.get(kind) for name, kind in schema.hidden})
+        args = {k: v for k, v in values.items() if takes_all or k in custom}
+        if "input_types" in custom:
+            args["input_types"] = received_types
+        result = resolve_now(definition.validate_inputs(self.env.paths, **args))
+        if result is True:
+            return
+        for name in args:
+            details = f"{name}" if result is False else f"{name} - {result}"
             errors.append(_issue("custom_validation_failed", "Custom validation failed for node", details,
-                                 {"input_name": last_name}))
+                                 {"input_name": name}))
+
+
+class _Everything:
+    """Stands for "every input" where a set of names is expected (VALIDATE_INPUTS with **kwargs)."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+_ALL = _Everything()
 
 
 def _lt(a: Any, b: Any) -> bool:

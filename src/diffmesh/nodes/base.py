@@ -163,6 +163,12 @@ class NodeDef:
     validate_inputs(paths, **named_constant_inputs) -> True or an error string; the inputs it
     names skip the built-in min/max/combo checks (ComfyUI's VALIDATE_INPUTS).
     not_idempotent: the node id joins the cache signature (outputs are never shared between ids).
+    Linked inputs reach is_changed and validate_inputs as None; a `validate_inputs` parameter named
+    `input_types` gets {input name: linked output type} and turns the link type check off; with
+    **kwargs it gets every input and no input gets the built-in checks (ComfyUI's rules).
+    check_lazy_status(ctx, **inputs) -> the names of lazy inputs (`{"lazy": True}`) it needs now;
+    unevaluated lazy inputs arrive as None. is_async: execute returns a coroutine (awaited; other
+    ready nodes run meanwhile). Any of these hooks may return an awaitable.
     """
 
     schema: NodeSchema
@@ -170,6 +176,8 @@ class NodeDef:
     is_changed: Callable[..., Any] | None = None
     validate_inputs: Callable[..., Any] | None = None
     not_idempotent: bool = False
+    check_lazy_status: Callable[..., Any] | None = None
+    is_async: bool = False
 
     @property
     def name(self) -> str:
@@ -181,6 +189,12 @@ class NodeDef:
             return []
         params = list(inspect.signature(self.validate_inputs).parameters.values())[1:]
         return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+    def validate_takes_all(self) -> bool:
+        """`validate_inputs` has **kwargs: it gets every input."""
+        if self.validate_inputs is None:
+            return False
+        return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(self.validate_inputs).parameters.values())
 
 
 class Interrupted(Exception):

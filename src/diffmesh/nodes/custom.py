@@ -12,7 +12,9 @@ and optional `NODE_DISPLAY_NAME_MAPPINGS`. Each class is adapted to a declarativ
 its `python_module` is `custom_nodes.<name>`. A class whose name is already registered is skipped
 with a warning (core nodes cannot be replaced, the first custom module to claim a name keeps it).
 
-V1 nodes do not get a `NodeContext` argument. While one runs, `ProgressBar` (the shape of
+Execution follows ComfyUI: `check_lazy_status` for lazy inputs, `async def` functions (awaited),
+`{"result": ..., "expand": graph}` expansions, VALIDATE_INPUTS/IS_CHANGED called as
+`getattr(cls, name)(**inputs)`. V1 nodes do not get a `NodeContext` argument. While one runs, `ProgressBar` (the shape of
 `comfy.utils.ProgressBar`) and `check_interrupt()` reach the running node's context through a
 context variable that the adapter sets for the call only, so they need nothing from `comfy`.
 """
@@ -141,62 +143,78 @@ def _optional_str(value: Any) -> str | None:
 
 def _class_hook(cls: type, attr: str):
     """(call(**inputs), keyword parameter names, takes **kwargs) of a V1 hook such as IS_CHANGED.
-    Hooks are classmethods, sometimes plain functions written with a `s`/`cls` first parameter."""
-    raw = inspect.getattr_static(cls, attr)
-    if isinstance(raw, (classmethod, staticmethod)):
-        call = getattr(cls, attr)
-        params = list(inspect.signature(call).parameters.values())
-    else:
-        params = list(inspect.signature(raw).parameters.values())[1:]
-
-        def call(**kwargs):
-            return raw(cls, **kwargs)
+    ComfyUI calls `getattr(cls, attr)(**inputs)`: a classmethod gets the class, a plain function
+    set on the class does not (its parameters are all input names)."""
+    call = getattr(cls, attr)
+    params = list(inspect.signature(call).parameters.values())
     names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     return call, names, any(p.kind == p.VAR_KEYWORD for p in params)
 
 
 def _is_changed(cls: type):
-    hook, names, var_kw = _class_hook(cls, "IS_CHANGED")
+    """IS_CHANGED gets every input (linked ones as None) and the hidden ones, as in ComfyUI."""
+    hook, _, _ = _class_hook(cls, "IS_CHANGED")
 
     def is_changed(paths, **inputs):
-        return hook(**(inputs if var_kw else {k: v for k, v in inputs.items() if k in names}))
+        return hook(**inputs)
     return is_changed
 
 
-def _validate_inputs(cls: type, schema: NodeSchema):
-    """VALIDATE_INPUTS as `validate_inputs(paths, <its input names>)`: the inputs it names skip the
-    built-in checks (with **kwargs, every required widget input); `input_types` gets {} here."""
+def _validate_inputs(cls: type):
+    """VALIDATE_INPUTS as `validate_inputs(paths, <its parameter names>)` (plus **kwargs when it
+    has them): the validator passes the inputs it names (linked ones as None, `input_types` the
+    linked types), and those inputs skip the built-in checks."""
     hook, names, var_kw = _class_hook(cls, "VALIDATE_INPUTS")
-    wants_types = "input_types" in names
-    if var_kw:
-        taken = [s.name for s in schema.section("required") if s.is_widget]
-    else:
-        taken = [n for n in names if schema.input(n) is not None]
 
     def validate_inputs(paths, **inputs):
-        return hook(**inputs, **({"input_types": {}} if wants_types else {}))
+        return hook(**inputs)
 
     param = inspect.Parameter
-    validate_inputs.__signature__ = inspect.Signature(
-        [param("paths", param.POSITIONAL_OR_KEYWORD)] + [param(n, param.KEYWORD_ONLY) for n in taken])
+    params = [param("paths", param.POSITIONAL_OR_KEYWORD)] + [param(n, param.KEYWORD_ONLY) for n in names]
+    if var_kw:
+        params.append(param("kwargs", param.VAR_KEYWORD))
+    validate_inputs.__signature__ = inspect.Signature(params)
     return validate_inputs
+
+
+def _instance(ctx: NodeContext, cls: type):
+    instance = ctx.state.get("v1_instance")
+    if instance is None:                           # one object per (node id, class), like ComfyUI
+        instance = ctx.state["v1_instance"] = cls()
+    return instance
+
+
+def _running(ctx: NodeContext, call):
+    """call() with `ctx` as the running node's context; a coroutine it returns keeps it too."""
+    token = _RUNNING.set(ctx)
+    try:
+        result = call()
+    finally:
+        _RUNNING.reset(token)
+    if not inspect.iscoroutine(result):
+        return result
+
+    async def awaited():
+        inner = _RUNNING.set(ctx)
+        try:
+            return await result
+        finally:
+            _RUNNING.reset(inner)
+    return awaited()
 
 
 def _execute(cls: type, function: str):
     def execute(ctx: NodeContext, **inputs):
-        instance = ctx.state.get("v1_instance")
-        if instance is None:                       # one object per (node id, class), like ComfyUI
-            instance = ctx.state["v1_instance"] = cls()
-        token = _RUNNING.set(ctx)
-        try:
-            result = getattr(instance, function)(**inputs)
-        finally:
-            _RUNNING.reset(token)
-        if isinstance(result, dict) and "expand" in result:
-            raise NotImplementedError(f"{cls.__name__} returned a node expansion ('expand'), "
-                                      "which diffmesh does not run")
-        return result
+        instance = _instance(ctx, cls)
+        return _running(ctx, lambda: getattr(instance, function)(**inputs))
     return execute
+
+
+def _check_lazy_status(cls: type):
+    def check_lazy_status(ctx: NodeContext, **inputs):
+        instance = _instance(ctx, cls)
+        return _running(ctx, lambda: instance.check_lazy_status(**inputs))
+    return check_lazy_status
 
 
 def adapt_v1_class(name: str, cls: type, display_name: str | None = None,
@@ -211,8 +229,11 @@ def adapt_v1_class(name: str, cls: type, display_name: str | None = None,
     schema = _schema(name, cls, display_name or name, module_name)
     return NodeDef(schema=schema, execute=_execute(cls, function),
                    is_changed=_is_changed(cls) if hasattr(cls, "IS_CHANGED") else None,
-                   validate_inputs=_validate_inputs(cls, schema) if hasattr(cls, "VALIDATE_INPUTS") else None,
-                   not_idempotent=bool(getattr(cls, "NOT_IDEMPOTENT", False)))
+                   validate_inputs=_validate_inputs(cls) if hasattr(cls, "VALIDATE_INPUTS") else None,
+                   not_idempotent=bool(getattr(cls, "NOT_IDEMPOTENT", False)),
+                   check_lazy_status=_check_lazy_status(cls) if callable(getattr(cls, "check_lazy_status", None))
+                   else None,
+                   is_async=inspect.iscoroutinefunction(getattr(cls, function)))
 
 
 # -- finding and importing modules -------------------------------------------------------------

@@ -95,7 +95,7 @@ def test_failing_node_reports_execution_error_and_executor_stays_usable(executor
     assert result.status == "error"
     err = sink.named("execution_error")[0]
     assert err["node_id"] == "2" and err["node_type"] == "Fail"
-    assert err["exception_type"] == "ValueError" and err["exception_message"] == "refusing 4"
+    assert err["exception_type"] == "ValueError" and err["exception_message"] == "refusing 4\n"   # ComfyUI: "{ex}\n{tips}"
     assert err["executed"] == ["1"] and err["current_inputs"] == {"a": [4]}
     assert isinstance(err["traceback"], list) and err["traceback"]
     assert result.messages[-1][0] == "execution_error"

@@ -118,7 +118,7 @@ def _finite_number(value: Any) -> bool:
 def _validate(executor, prompt: dict, targets) -> tuple[bool, dict | None, list, dict]:
     """Calls the executor's validation and reads its answer, as a ComfyUI-style 4-tuple
     (valid, error, outputs to execute, node_errors) or an object with those attributes."""
-    result = executor.validate(prompt, targets) if targets else executor.validate(prompt)
+    result = executor.validate(prompt, targets) if targets is not None else executor.validate(prompt)
     if isinstance(result, tuple):
         valid, error, outputs, node_errors = result
     else:
