@@ -164,12 +164,7 @@ def _unet_base(handle: ModelHandle, store: WeightStore, family: str) -> dict:
 
 
 def build_unet(handle: ModelHandle, device: torch.device, dtype: torch.dtype, store: WeightStore):
-    from diffusers import UNet2DConditionModel
-
     from diffmesh.models.dit import FAMILY_MODULES
-    from diffmesh.models.unet import UNetModel
-    from diffmesh.sampling import latent_formats
-    from diffmesh.sampling.model_sampling import ModelSampling
 
     family = handle.family or detect.detect_family(handle.path)
     if family in FAMILY_MODULES:                    # diffusion transformers (Flux, Z-Image, Qwen-Image)
@@ -178,6 +173,13 @@ def build_unet(handle: ModelHandle, device: torch.device, dtype: torch.dtype, st
         from diffmesh.models.dit.model import build_dit
 
         return build_dit(replace(handle, family=family), device, dtype, store, _lora_patches(handle, store))
+    # diffusers is imported only here: a DiT worker never pays its import (seconds, more on a busy machine)
+    from diffusers import UNet2DConditionModel
+
+    from diffmesh.models.unet import UNetModel
+    from diffmesh.sampling import latent_formats
+    from diffmesh.sampling.model_sampling import ModelSampling
+
     spec = family_spec(family)
     key = str(Path(handle.path).resolve())
     base = store.derived((key, "unet"), lambda: _unet_base(handle, store, family))
