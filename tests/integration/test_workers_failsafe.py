@@ -6,6 +6,7 @@ Real child processes (spawn); the worker classes below are real `Worker`s import
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -54,11 +55,12 @@ def _gone(pids: list[int], timeout: float = 10.0) -> list[int]:
     return alive
 
 
-def test_a_worker_that_fails_to_start_stops_start_up_with_one_message_and_leaves_no_process():
+def test_a_worker_that_fails_to_start_stops_start_up_with_one_message_and_leaves_no_process(caplog):
     before = {p.pid for p in _our_children()}
     ex = MultiProcessExecutor(specs(3), worker_class=f"{__name__}:FailsOnWorkerOne", start_timeout=60)
-    with pytest.raises(WorkerError) as err:
+    with caplog.at_level(logging.WARNING, logger="diffmesh.executors"), pytest.raises(WorkerError) as err:
         ex.start()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []   # the raised error only
     message = str(err.value)
     assert "device 1 cannot start" in message and "worker 1" in message
     assert "worker 0" not in message and "worker 2" not in message     # one message, about the one that failed

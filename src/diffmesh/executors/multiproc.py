@@ -89,6 +89,7 @@ class MultiProcessExecutor(Executor):
         self.restart_window_s = restart_window_s
         self._restart_times: dict[int, list[float]] = {s.worker_id: [] for s in self.specs}
         self._given_up: dict[int, str] = {}          # worker id -> why it is not restarted any more
+        self._started = False                        # start() succeeded: deaths from now on may restart
         self.heartbeat_s = heartbeat_s
         self.hang_timeout_s = hang_timeout_s
         self._stopped = threading.Event()
@@ -102,6 +103,7 @@ class MultiProcessExecutor(Executor):
         if failure is not None:
             self.shutdown(timeout=5.0)
             raise failure
+        self._started = True
         if self.heartbeat_s > 0:
             threading.Thread(target=self._watch, daemon=True, name="diffmesh-liveness").start()
 
@@ -151,6 +153,10 @@ class MultiProcessExecutor(Executor):
                                         fix="check the worker's log above; raise the start timeout on slow machines")
             if waiting:
                 waiting[0].ready.wait(0.05)
+        dead = next((c for c in children if c.dead), None)      # ready, then gone before the others were
+        if dead is not None:
+            return WorkerStartError(f"the process exited with code {dead.process.exitcode} during start-up",
+                                    where=dead.label, fix="check the worker's log above")
         return None
 
     def _await_ready(self, child: _Child) -> None:
@@ -238,8 +244,8 @@ class MultiProcessExecutor(Executor):
                                                  where=child.label, fix="check the worker's log above")
             child.ready.set()
         self._fail_pending(child, f"the process exited with code {code}")
-        if self._closing or not self.restart:
-            return
+        if self._closing or not self.restart or not self._started:
+            return                   # during start() the failure is start()'s one error
         if not was_ready:          # it would fail the same way again: stop here, and say why
             self._give_up(child.spec.worker_id, f"its process could not start ({child.start_error})")
             return
