@@ -134,7 +134,9 @@ class Paths:
         """Add the folders of an `extra_model_paths.yaml` (spec §8.2)."""
         import yaml
 
-        config_path = Path(config_file).expanduser()
+        # Absolute first (ComfyUI: os.path.abspath): folders resolve under the yaml's own folder,
+        # never under <yaml dir>/<yaml dir>/ when the file was given by a relative path.
+        config_path = Path(config_file).expanduser().absolute()
         if not config_path.is_file():
             raise ConfigError(f"extra model paths file not found: {config_path}", where="--extra-model-paths-config",
                               fix="pass the path of an existing YAML file")
