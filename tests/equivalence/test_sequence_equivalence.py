@@ -99,3 +99,23 @@ def test_node_request_and_planner_choose_sequence(two_workers, reference_engine,
     assert_same_latent(result, reference_engine.sample(flux, big))
     auto.sample(flux, _job(flux, steps=1))             # 35 tokens: not worth splitting
     assert auto.last_plan.strategy == "single"
+
+
+@pytest.fixture(scope="module")
+def four_workers():
+    executor = MultiProcessExecutor([WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(4)],
+                                    start_timeout=120)
+    executor.start()
+    yield executor
+    executor.shutdown(timeout=5)
+
+
+@pytest.mark.parametrize("family", ["flux", "zimage"])
+def test_cfg_times_sequence_on_four_workers_matches_single_device(four_workers, reference_engine, models, family):
+    """cfg 3 on 4 workers: cond on workers 0-1 and uncond on 2-3, each pair splitting the image tokens,
+    partners exchanging predictions each step (the negative has another length than the positive)."""
+    job = _job(models[family], cfg=3.0, sampler="dpmpp_2m", steps=3)
+    engine = Engine(four_workers, parallel="sequence")
+    result = engine.sample(models[family], job)
+    assert engine.last_plan.strategy == "cfg_sequence" and engine.last_plan.workers == (0, 1, 2, 3)
+    assert_same_latent(result, reference_engine.sample(models[family], job))

@@ -26,6 +26,7 @@ and the last plan (for /system_stats); progress events carry "worker", "device",
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from concurrent.futures import Future
 from typing import Any, Callable
 
@@ -140,7 +141,7 @@ class EngineScope:
             return self._sample_batch(handle, job, plan, progress)
         if plan.strategy == "cfg":
             return self._sample_cfg(handle, job, plan, progress)
-        if plan.strategy == "sequence":
+        if plan.strategy in ("sequence", "cfg_sequence"):
             return self._sample_sequence(handle, job, plan, progress)
         return self._call_once_retried(plan.workers[0], "sample", handle, job, progress=progress)
 
@@ -207,17 +208,37 @@ class EngineScope:
         return self.root.executor.call(retry, "sample", handle, job,
                                        on_event=self._tagged(progress, retry, "single")).result()
 
+    def _sequence_parts(self, job, plan: SamplePlan) -> tuple[list, list]:
+        """(worker, job, call kwargs) per member, and the groups opened. cfg_sequence: the first half of
+        the workers runs cond, the second uncond, each half one sequence group; rank i of one half
+        exchanges its CFG prediction with rank i of the other."""
+        attention = self.root.sequence_attention
+        if plan.strategy == "sequence":
+            group = self.root.sequence_groups.group(plan.workers)
+            return [(w, part, {"sequence": seq}) for w, part, seq in
+                    sequence_parallel.split_sequence(job, group, attention)], [group]
+        half = len(plan.workers) // 2
+        halves = [plan.workers[:half], plan.workers[half:]]
+        groups = [self.root.sequence_groups.group(h) for h in halves]
+        pairs = [self.root.cfg_groups.pair(c, u) for c, u in zip(*halves)]
+        parts = []
+        for part, group in zip(cfg_parallel.PARTS, groups):           # "cond" on halves[0], "uncond" on halves[1]
+            half_job = replace(job, cfg_part=part, exchange=None)
+            for rank, (w, _, seq) in enumerate(sequence_parallel.split_sequence(half_job, group, attention)):
+                parts.append((w, half_job, {"sequence": seq, "group": pairs[rank].group}))
+        return parts, groups + pairs
+
     def _sample_sequence(self, handle: ModelHandle, job, plan: SamplePlan, progress: Progress | None) -> torch.Tensor:
-        group = self.root.sequence_groups.group(plan.workers)
-        parts = sequence_parallel.split_sequence(job, group, self.root.sequence_attention)
-        futures = [self.root.executor.call(w, "sample", handle, part, sequence=seq,
-                                           on_event=self._tagged(progress, w, "sequence") if i == 0 else None)
-                   for i, (w, part, seq) in enumerate(parts)]
+        parts, groups = self._sequence_parts(job, plan)
+        futures = [self.root.executor.call(w, "sample", handle, part, **kwargs,
+                                           on_event=self._tagged(progress, w, plan.strategy) if i == 0 else None)
+                   for i, (w, part, kwargs) in enumerate(parts)]
         outcomes = _wait_all(futures)
         errors = [e for _, e in outcomes if e is not None]
         if not errors:
             return sequence_parallel.merge_sequence([r for r, _ in outcomes])
-        self.root.sequence_groups.drop(group)
+        for group in groups:
+            (self.root.cfg_groups if isinstance(group, cfg_parallel.CfgPair) else self.root.sequence_groups).drop(group)
         died = [(w, e) for (w, _, _), (_, e) in zip(parts, outcomes) if isinstance(e, WorkerDied)]
         if not died:
             raise next((e for e in errors if not isinstance(e, WorkerDied)), errors[0])

@@ -8,9 +8,11 @@ unit speed" and the cheapest wins; ties go to the simpler strategy:
   batch:    the slowest share, rows split in proportion to speed (`parallel.batch.split_batch`);
   cfg:      B rows on each of the two fastest workers, plus a per-step exchange overhead;
   sequence: (diffusion transformers only) every row on every worker, each with 1/P of the image
-            tokens, plus a larger exchange overhead (attention exchanges in every block); not
-            offered when a worker would hold fewer than MIN_SEQUENCE_TOKENS tokens, where the
-            exchanges cost more than the split saves.
+            tokens, plus an exchange overhead growing with the worker count (attention exchanges
+            in every block); not offered when a worker would hold fewer than MIN_SEQUENCE_TOKENS
+            tokens, where the exchanges cost more than the split saves;
+  cfg_sequence: (cfg != 1, 4+ workers) cond on one half, uncond on the other, each half
+            sequence-split: B rows per half, each worker 2/P of the tokens, both overheads.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from diffmesh.parallel.batch import split_batch
 
 MODES = ("auto", "none", "batch", "cfg", "queue", "sequence")
 CFG_EXCHANGE_OVERHEAD = 0.05          # fraction of a step lost to the exchange and lockstep waiting
-SEQUENCE_OVERHEAD = 0.10              # fraction of a step lost to the per-block attention exchanges
+SEQUENCE_OVERHEAD = 0.10              # per extra worker: fraction of a step lost to the per-block exchanges
 MIN_SEQUENCE_TOKENS = 256             # image tokens per worker below which sequence parallel is not offered
 
 
@@ -40,9 +42,10 @@ class Workload:
 
 @dataclass(frozen=True)
 class SamplePlan:
-    strategy: str                                   # "single" | "batch" | "cfg" | "sequence"
+    strategy: str                                   # "single" | "batch" | "cfg" | "sequence" | "cfg_sequence"
     workers: tuple[int, ...]                        # single: (w,); cfg: (cond, uncond); batch: one per part;
-                                                    # sequence: rank order (rank 0 = the main worker)
+                                                    # sequence: rank order (rank 0 = the main worker);
+                                                    # cfg_sequence: cond ranks, then uncond ranks
     ranges: tuple[tuple[int, int], ...] = ()        # batch: rows [start, stop) per worker
     reason: str = ""
     cost: float = field(default=0.0, compare=False)
@@ -93,9 +96,24 @@ def _sequence(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo,
     others = sorted((w for w in workers if w.worker_id != main.worker_id), key=lambda w: -w.speed)
     group = [main] + others[:count - 1]
     rows = workload.batch * (2 if workload.uses_uncond else 1)
-    cost = rows / (count * min(w.speed for w in group)) * (1 + SEQUENCE_OVERHEAD)
+    cost = rows / (count * min(w.speed for w in group)) * (1 + SEQUENCE_OVERHEAD * (count - 1))
     return SamplePlan("sequence", tuple(w.worker_id for w in group),
                       reason=f"{workload.tokens} image tokens split over {count} workers", cost=cost)
+
+
+def _cfg_sequence(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo,
+                  min_tokens: int = MIN_SEQUENCE_TOKENS) -> SamplePlan | None:
+    """CFG x sequence: cond on one half of the workers, uncond on the other, each half sequence-split."""
+    half = min(len(workers) // 2, workload.tokens // min_tokens)
+    if not workload.uses_uncond or half < 2:
+        return None
+    others = sorted((w for w in workers if w.worker_id != main.worker_id), key=lambda w: -w.speed)
+    group = [main] + others[:2 * half - 1]
+    cost = (workload.batch / (half * min(w.speed for w in group)) * (1 + SEQUENCE_OVERHEAD * (half - 1))
+            * (1 + CFG_EXCHANGE_OVERHEAD))
+    return SamplePlan("cfg_sequence", tuple(w.worker_id for w in group),
+                      reason=f"cond and uncond on {half} workers each, {workload.tokens} image tokens split",
+                      cost=cost)
 
 
 def plan_sample(workload: Workload, workers: list[WorkerInfo], mode: str = "auto",
@@ -113,10 +131,12 @@ def plan_sample(workload: Workload, workers: list[WorkerInfo], mode: str = "auto
     if mode == "sequence":
         why = ("sequence parallel asked for, but the model is not a diffusion transformer" if not workload.tokens
                else f"sequence parallel asked for, but {workload.tokens} image tokens are too few to split")
-        return sequence or _single(workload, main, why)
+        hybrid = _cfg_sequence(workload, usable, main, 1)
+        return min((p for p in (sequence, hybrid) if p is not None), key=lambda p: p.cost, default=None) \
+            or _single(workload, main, why)
     if mode == "batch":
         return batch or _single(workload, main, "batch parallel asked for, but the batch has one sample")
     if mode == "cfg":
         return cfg or (batch or _single(workload, main, "CFG parallel asked for, but cfg is 1 (no uncond pass)"))
-    candidates = [single] + [p for p in (batch, cfg, sequence) if p is not None]     # order = preference on ties
+    candidates = [single] + [p for p in (batch, cfg, sequence, _cfg_sequence(workload, usable, main)) if p is not None]     # order = preference on ties
     return min(candidates, key=lambda p: p.cost)

@@ -80,12 +80,16 @@ class Worker:
 
         self.interrupt_flag.clear()
         shard = self._sequence_shard(sequence) if sequence else None
+        agreed = [False]                    # CFG x sequence: the stop the sequence group agreed on
         if job.cfg_part is not None:
-            job = self._with_exchange(job, group)
+            # alone, a CFG half sends its own interrupt flag; in CFG x sequence it sends the one its sequence
+            # group agreed on, so all four (or more) workers stop at the same CFG exchange
+            job = self._with_exchange(job, group, (lambda: agreed[0]) if shard is not None else None)
 
         def on_step(step: int, total: int, x0: torch.Tensor | None) -> None:
             if shard is not None:           # the members stop together, at the same step
-                if shard.agree_stop(self.interrupt_flag.is_set()):
+                agreed[0] = shard.agree_stop(self.interrupt_flag.is_set())
+                if agreed[0] and job.exchange is None:
                     raise InterruptedError_("interrupted")
             elif job.exchange is None:      # a CFG-parallel half stops at the exchange, with its partner
                 self._check_interrupt()
@@ -116,7 +120,7 @@ class Worker:
     def vae_encode(self, vae: ModelHandle, pixels: torch.Tensor, emit: Emit = _no_emit) -> torch.Tensor:
         return self._run(vae, lambda model: model.encode(pixels))
 
-    def _with_exchange(self, job, group: str | None):
+    def _with_exchange(self, job, group: str | None, should_stop=None):
         from dataclasses import replace
 
         from diffmesh.parallel.cfg import CfgExchange
@@ -125,7 +129,7 @@ class Worker:
             raise ValueError(f"worker {self.spec.worker_id} is not in process group {group!r}; "
                              "the engine must call init_process_group first")
         handle, backend = self._groups[group]
-        return replace(job, exchange=CfgExchange(handle, job.cfg_part, self.interrupt_flag.is_set,
+        return replace(job, exchange=CfgExchange(handle, job.cfg_part, should_stop or self.interrupt_flag.is_set,
                                                  on_device=backend == "nccl"))
 
     # -- collectives ---------------------------------------------------------------------------

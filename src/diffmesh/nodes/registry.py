@@ -7,7 +7,8 @@ from typing import Any, Iterable, Iterator
 
 from diffmesh.nodes.base import NodeDef, SchemaEnv
 
-CORE_MODULES = ("loaders", "conditioning", "sampling", "latent", "image", "io", "dit", "text_encoders", "video")
+CORE_MODULES = ("loaders", "conditioning", "sampling", "latent", "image", "io", "dit", "text_encoders", "video",
+                "latent_batch", "image_extra", "conditioning_extra", "custom_sampler")
 OPTIONAL_MODULES = ("devices",)        # multi-device nodes (SelectModelDevice, MultiGPU_WorkUnits, ...)
 
 

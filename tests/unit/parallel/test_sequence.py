@@ -107,3 +107,12 @@ def test_sequence_mode_asked_for_a_unet_falls_back_with_the_reason():
     assert plan.strategy == "single" and "not a diffusion transformer" in plan.reason
     forced = plan_sample(Workload(batch=1, cfg=1.0, tokens=35), _workers(3), "sequence")
     assert forced.strategy == "sequence" and forced.workers == (0, 1, 2)
+
+
+def test_planner_takes_cfg_times_sequence_on_four_workers_and_more_exchange_costs_more():
+    """With cfg on 4 workers, two sequence pairs (one CFG exchange per step) beat one 4-way sequence
+    group (exchanges with 3 peers in every block); with 2 workers CFG split alone stays best."""
+    hybrid = plan_sample(Workload(batch=1, cfg=4.0, tokens=4096), _workers(4))
+    assert hybrid.strategy == "cfg_sequence" and hybrid.workers == (0, 1, 2, 3)
+    assert plan_sample(Workload(batch=1, cfg=4.0, tokens=4096), _workers(2)).strategy == "cfg"
+    assert plan_sample(Workload(batch=1, cfg=1.0, tokens=4096), _workers(4)).strategy == "sequence"
