@@ -303,7 +303,7 @@ def materialize(spec: Spec, seed: int, dtype: torch.dtype) -> dict[str, torch.Te
 
 
 _ST_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.int64: "I64",
-              torch.int32: "I32"}
+              torch.int32: "I32", torch.uint8: "U8"}
 
 
 def save_safetensors_deterministic(sd: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:

@@ -90,7 +90,7 @@ def test_every_comfyui_type_validates_and_others_do_not(runtime, loader, types):
 
 # -- run-time checks ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("clip_type", ["wan", "sd3", "flux2", "hidream"])
+@pytest.mark.parametrize("clip_type", ["ltxv", "sd3", "flux2", "hidream"])
 def test_types_diffmesh_does_not_run_fail_with_the_type_and_the_supported_ones(runtime, clip_type):
     with pytest.raises(ValueError) as err:
         node(runtime, "CLIPLoader")(ctx(runtime), clip_name=QWEN3, type=clip_type)

@@ -33,9 +33,11 @@ RUNNABLE = {
     "lumina2": ("qwen3",),
     "qwen_image": ("qwen25",),
     "flux": ("clip_l", "t5xxl"),
+    "wan": ("umt5",),
 }
 RECIPE_NAMES = {"stable_diffusion": "SD1.x CLIP-L", "lumina2": "Z-Image (Qwen3-4B)",
-                "qwen_image": "Qwen-Image (Qwen2.5-VL-7B)", "flux": "Flux.1 (CLIP-L + T5-XXL)"}
+                "qwen_image": "Qwen-Image (Qwen2.5-VL-7B)", "flux": "Flux.1 (CLIP-L + T5-XXL)",
+                "wan": "Wan (UMT5-XXL)"}
 CHECKPOINT_FAMILIES = {"flux": "flux", "zimage": "lumina2", "qwenimage": "qwen_image"}
 
 log = logging.getLogger(__name__)
@@ -159,7 +161,14 @@ def _llm(recipe: str):
     return build
 
 
-BUILDERS = {"stable_diffusion": _sd_clip, "flux": _flux, "lumina2": _llm("lumina2"), "qwen_image": _llm("qwen_image")}
+def _wan(handle: ModelHandle, located, store, device, dtype):
+    from diffmesh.models.text import umt5
+
+    return umt5.build(handle, located, store, device, dtype)
+
+
+BUILDERS = {"stable_diffusion": _sd_clip, "flux": _flux, "lumina2": _llm("lumina2"), "qwen_image": _llm("qwen_image"),
+            "wan": _wan}
 
 
 def build_text_encoder(handle: ModelHandle, device: torch.device, dtype: torch.dtype, store):
@@ -172,7 +181,7 @@ def build_text_encoder(handle: ModelHandle, device: torch.device, dtype: torch.d
         raise ModelError(f"{RECIPE_NAMES[recipe]} needs {', '.join(files.KINDS[k] for k in missing)}; the files hold "
                          f"{', '.join(files.KINDS[k] for k in located) or 'no text encoder'}",
                          where=", ".join((handle.path, *handle.extra_paths)), fix="load the matching text encoder files")
-    if handle.loras and recipe in ("lumina2", "qwen_image"):
+    if handle.loras and recipe in ("lumina2", "qwen_image", "wan"):
         log.warning("LoRA patches are not applied to the %s text encoder (not supported yet)", RECIPE_NAMES[recipe])
     component = BUILDERS[recipe](handle, located, store, device, dtype)
     for extra in handle.extra_paths:
