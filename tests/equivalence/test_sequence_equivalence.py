@@ -119,3 +119,24 @@ def test_cfg_times_sequence_on_four_workers_matches_single_device(four_workers, 
     result = engine.sample(models[family], job)
     assert engine.last_plan.strategy == "cfg_sequence" and engine.last_plan.workers == (0, 1, 2, 3)
     assert_same_latent(result, reference_engine.sample(models[family], job))
+
+
+def test_an_interrupt_of_one_member_stops_all_at_the_same_step(three_workers, reference_engine, models):
+    """Interrupting worker 2 alone stops the whole group (they agree on it each step): nobody is left
+    waiting in an exchange, and the next job on the same workers gives the single-device latent."""
+    from diffmesh.errors import InterruptedError_
+
+    flux = models["flux"]
+    job = _job(flux, steps=4)
+    engine = Engine(three_workers, parallel="sequence")
+    seen: list[int] = []
+
+    def interrupt_at_step_2(event: dict) -> None:
+        seen.append(event["value"])
+        if event["value"] == 2:
+            three_workers.interrupt([2])
+    with pytest.raises(InterruptedError_):
+        engine.sample(flux, job, interrupt_at_step_2)
+    assert max(seen) == 2
+    assert not any(three_workers.busy(w) for w in range(3))
+    assert_same_latent(engine.sample(flux, job), reference_engine.sample(flux, job))
