@@ -138,5 +138,6 @@ def plan_sample(workload: Workload, workers: list[WorkerInfo], mode: str = "auto
         return batch or _single(workload, main, "batch parallel asked for, but the batch has one sample")
     if mode == "cfg":
         return cfg or (batch or _single(workload, main, "CFG parallel asked for, but cfg is 1 (no uncond pass)"))
-    candidates = [single] + [p for p in (batch, cfg, sequence, _cfg_sequence(workload, usable, main)) if p is not None]     # order = preference on ties
+    hybrid = _cfg_sequence(workload, usable, main)
+    candidates = [single] + [p for p in (batch, cfg, sequence, hybrid) if p is not None]     # order = preference on ties
     return min(candidates, key=lambda p: p.cost)

@@ -198,7 +198,7 @@ class ZImageTransformer(nn.Module):
         joint, rope = torch.cat([cap, img], dim=1), torch.cat([cap_rope, img_rope], dim=1)
         for layer in self.layers:
             joint = layer(joint, rope, temb, seq, lc)
-        out = seq.gather(self.final_layer(joint[:, lc:], temb))[:, :hp * wp]                                # (B, hp*wp, p*p*C)
+        out = seq.gather(self.final_layer(joint[:, lc:], temb))[:, :hp * wp]                 # (B, hp*wp, p*p*C)
         out = out.reshape(b, hp, wp, PATCH, PATCH, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, hp * PATCH, wp * PATCH)
         return -out[:, :, :h, :w]
 
