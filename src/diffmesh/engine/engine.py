@@ -60,10 +60,8 @@ def _wait_all(futures: list[Future]) -> list[tuple[Any, BaseException | None]]:
 
 def image_tokens(model: ModelHandle, job) -> int:
     """Image tokens of a diffusion-transformer job (2x2 patches per frame), 0 for other models:
-    the planner offers sequence parallel only for transformers."""
-    from diffmesh.models.dit import FAMILY_MODULES
-
-    if model.family not in FAMILY_MODULES:
+    the planner offers sequence parallel only for the transformers that take the seam."""
+    if model.family not in sequence_parallel.FAMILIES:
         return 0
     shape = tuple(job.latent.shape)
     frames = shape[2] if len(shape) == 5 else 1
