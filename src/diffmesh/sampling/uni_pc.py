@@ -87,12 +87,12 @@ def _uni_pc_update(model_fn, x, model_prev_list, t_prev_list, t, order, use_corr
         rhos_c = torch.tensor([0.5], device=x.device) if order == 1 else torch.linalg.solve(R, b)
 
     x_t_ = _expand(sigma_t / sigma_prev_0, dims) * x - _expand(alpha_t * h_phi_1, dims) * model_prev_0
-    pred_res = torch.einsum("k,bkchw->bchw", rhos_p, D1s) if D1s is not None else 0
+    pred_res = torch.einsum("k,bk...->b...", rhos_p, D1s) if D1s is not None else 0
     x_t = x_t_ - _expand(alpha_t * B_h, dims) * pred_res
     model_t = None
     if use_corrector:
         model_t = model_fn(x_t, t)
-        corr_res = torch.einsum("k,bkchw->bchw", rhos_c[:-1], D1s) if D1s is not None else 0
+        corr_res = torch.einsum("k,bk...->b...", rhos_c[:-1], D1s) if D1s is not None else 0
         D1_t = model_t - model_prev_0
         x_t = x_t_ - _expand(alpha_t * B_h, dims) * (corr_res + rhos_c[-1] * D1_t)
     return x_t, model_t
