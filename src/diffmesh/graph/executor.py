@@ -34,7 +34,7 @@ from diffmesh.graph import events as ev
 from diffmesh.graph import node_call
 from diffmesh.graph.cache import CacheEntry, CacheSession, ExecutionCache, compute_signature, compute_signatures
 from diffmesh.graph.dynprompt import DuplicateNodeError, DynamicPrompt
-from diffmesh.graph.graph_utils import is_link, unwrap_constant
+from diffmesh.graph.graph_utils import ExecutionBlocker, is_link, unwrap_constant
 from diffmesh.graph.schedule import DependencyCycleError, ExecutionList
 from diffmesh.graph.validate import exception_type_name, validate_prompt
 from diffmesh.nodes.base import Interrupted, NodeContext, SchemaEnv
@@ -232,7 +232,8 @@ class PromptExecutor:
             inputs.update({name: hidden.get(kind) for name, kind in schema.hidden})
             try:
                 value = definition.is_changed(self.paths, **_accepted(definition.is_changed, inputs))
-                changed[node_id] = await value if inspect.isawaitable(value) else value
+                value = await value if inspect.isawaitable(value) else value
+                changed[node_id] = None if isinstance(value, ExecutionBlocker) else value
             except Exception:  # noqa: BLE001 - ComfyUI treats a failing IS_CHANGED as "changed"
                 changed[node_id] = float("nan")
         return changed
@@ -280,7 +281,8 @@ class PromptExecutor:
                         execution.make_input_strong_link(node_id, name)
                     return False
             ctx.check_interrupt()
-            results = node_call.call_each(definition.execute, ctx, calls, node_id)
+            results = node_call.call_each(definition.execute, ctx, calls, node_id, schema.input_is_list,
+                                          lambda blocker: self._blocked(run, node_id, blocker))
             if any(inspect.isawaitable(r) for r in results):
                 task = asyncio.ensure_future(node_call.resolve_all(results))
                 run.tasks[node_id] = task
@@ -301,6 +303,18 @@ class PromptExecutor:
         last = run.states.get(node_id, {})
         run.progress_state(node_id, last.get("max", 1), last.get("max", 1), "finished")
         return True
+
+    @staticmethod
+    def _blocked(run: _Run, node_id: str, blocker: ExecutionBlocker) -> ExecutionBlocker:
+        """A call blocked by an input: report a blocker's message as ComfyUI does (an execution_error
+        event that is not part of the history and does not fail the prompt), then block silently."""
+        if blocker.message is None:
+            return blocker
+        run.recorder.sink(ev.EXECUTION_ERROR, {
+            "prompt_id": run.prompt_id, "node_id": node_id, "node_type": run.dyn.get_node(node_id)["class_type"],
+            "executed": list(run.executed), "exception_message": f"Execution Blocked: {blocker.message}",
+            "exception_type": "ExecutionBlocked", "traceback": [], "current_inputs": [], "current_outputs": []})
+        return ExecutionBlocker(None)
 
     async def _lazy_needs(self, definition, ctx, calls, args, missing, node_id) -> list[str]:
         """The lazy inputs `check_lazy_status` asks for that have no value yet."""

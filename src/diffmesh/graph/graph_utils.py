@@ -20,3 +20,12 @@ def unwrap_constant(value: Any) -> Any:
 
 def upstream_ids(node: dict) -> list[str]:
     return [v[0] for v in node.get("inputs", {}).values() if is_link(v)]
+
+
+class ExecutionBlocker:
+    """A node output that blocks every node using it (ComfyUI's ExecutionBlocker). With a message,
+    each blocked node reports an `execution_error` "Execution Blocked: <message>" and the prompt
+    goes on; with None it is blocked silently. Output nodes fed a blocker simply do not run."""
+
+    def __init__(self, message: str | None):
+        self.message = message

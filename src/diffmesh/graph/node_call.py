@@ -12,7 +12,7 @@ import inspect
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from diffmesh.graph.graph_utils import is_link
+from diffmesh.graph.graph_utils import ExecutionBlocker, is_link
 
 # (expanding node id, call index) while a node's function runs: what a graph builder uses to give
 # the nodes of an expansion unique, deterministic ids (ComfyUI's GraphBuilder default prefix).
@@ -37,10 +37,25 @@ def map_calls(args: dict[str, list], input_is_list: bool) -> list[dict[str, Any]
     return [{k: v[i] if len(v) > i else v[-1] for k, v in args.items()} for i in range(count)]
 
 
-def call_each(function, first: Any, calls: list[dict], node_id: str) -> list[Any]:
-    """function(first, **call) for each call, with the expansion scope of that call set."""
+def _blocker(call: dict, input_is_list: bool) -> ExecutionBlocker | None:
+    for value in call.values():
+        for item in (value if input_is_list and isinstance(value, list) else [value]):
+            if isinstance(item, ExecutionBlocker):
+                return item
+    return None
+
+
+def call_each(function, first: Any, calls: list[dict], node_id: str, input_is_list: bool = False,
+              on_block=None) -> list[Any]:
+    """function(first, **call) for each call, with the expansion scope of that call set; a call
+    with an ExecutionBlocker among its inputs is not made, its result is the blocker (`on_block`
+    may replace it)."""
     results = []
     for index, call in enumerate(calls):
+        blocker = _blocker(call, input_is_list)
+        if blocker is not None:
+            results.append(on_block(blocker) if on_block is not None else blocker)
+            continue
         token = EXPANSION_SCOPE.set((node_id, index))
         try:
             results.append(function(first, **call))
@@ -74,6 +89,8 @@ def resolve_now(value: Any) -> Any:
 
 
 def _as_tuple(result: Any, node_id: str, schema) -> tuple:
+    if isinstance(result, ExecutionBlocker):
+        return (result,) * len(schema.outputs)
     if result is None:
         return ()
     if not isinstance(result, (tuple, list)):
@@ -96,7 +113,9 @@ def split_returns(results: list[Any], node_id: str, schema):
                 uis.append(result["ui"])
             if result.get("expand") is not None:
                 expands = True
-                parts.append((result["expand"], tuple(result.get("result") or ())))
+                inner = result.get("result")
+                inner = (inner,) * len(schema.outputs) if isinstance(inner, ExecutionBlocker) else inner
+                parts.append((result["expand"], tuple(inner or ())))
             elif "result" in result:
                 parts.append((None, _as_tuple(result["result"], node_id, schema)))
         else:
@@ -115,7 +134,7 @@ def merge_outputs(results: list[tuple], schema) -> list[list[Any]]:
         for result in results:
             if slot >= len(result):
                 continue
-            if spec.is_list:
+            if spec.is_list and not isinstance(result[slot], ExecutionBlocker):
                 values.extend(result[slot])
             else:
                 values.append(result[slot])

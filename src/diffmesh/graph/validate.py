@@ -9,7 +9,7 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
-from diffmesh.graph.graph_utils import is_link, unwrap_constant
+from diffmesh.graph.graph_utils import ExecutionBlocker, is_link, unwrap_constant
 from diffmesh.graph.node_call import resolve_now
 from diffmesh.nodes.base import SchemaEnv, as_env
 
@@ -158,7 +158,7 @@ class _Validator:
         if "input_types" in custom:
             args["input_types"] = received_types
         result = resolve_now(definition.validate_inputs(self.env.paths, **args))
-        if result is True:
+        if result is True or isinstance(result, ExecutionBlocker):
             return
         for name in args:
             details = f"{name}" if result is False else f"{name} - {result}"

@@ -239,3 +239,28 @@ def test_execution_cached_lists_cached_nodes_and_cached_outputs_report_their_ui(
     assert sink.named("execution_cached")[0]["nodes"] == ["1", "9"]
     assert sink.named("executed")[0]["output"] == {"value": [1]} and sink.executed_nodes() == []
     assert [m[0] for m in result.messages] == ["execution_start", "execution_cached", "execution_success"]
+
+
+# -- ExecutionBlocker -----------------------------------------------------------------------------
+
+def test_execution_blocker_without_message_silently_skips_its_users(pack):
+    executor, calls = pack
+    prompt = {"1": {"class_type": "BlockIf", "inputs": {"value": 4, "block": True, "message": ""}},
+              "2": {"class_type": "IntAdd", "inputs": {"a": ["1", 0], "b": 1}},
+              "8": _show("2"),
+              "9": {"class_type": "HiddenProbe", "inputs": {"value": 1}}}
+    result, sink = _run(executor, prompt)
+    assert list(result.outputs) == ["9"] and not any(c[0] == "IntAdd" for c in calls)
+    assert sink.named("execution_error") == []
+
+
+def test_execution_blocker_with_message_reports_each_blocked_node_and_the_prompt_succeeds(pack):
+    executor, _ = pack
+    prompt = {"1": {"class_type": "BlockIf", "inputs": {"value": 4, "block": True, "message": "no image"}},
+              "2": {"class_type": "IntAdd", "inputs": {"a": ["1", 0], "b": 1}},
+              "8": _show("2")}
+    result, sink = _run(executor, prompt)
+    errors = sink.named("execution_error")
+    assert [(e["node_id"], e["exception_message"], e["exception_type"]) for e in errors] == [
+        ("2", "Execution Blocked: no image", "ExecutionBlocked")]          # reported once, then silent downstream
+    assert result.outputs == {} and "execution_error" not in [m[0] for m in result.messages]

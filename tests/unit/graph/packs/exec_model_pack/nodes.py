@@ -1,5 +1,10 @@
 import asyncio
 
+try:                                       # where ComfyUI packs import it from
+    from comfy_execution.graph import ExecutionBlocker
+except ImportError:                        # diffmesh without its ComfyUI compatibility layer
+    from diffmesh.graph.graph_utils import ExecutionBlocker
+
 # Every call a node makes lands here, so tests can see what ran (a test pack, not a pattern).
 CALLS = []
 
@@ -307,6 +312,22 @@ class ChangedByConstant:
         return (value,)
 
 
-NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (
+class BlockIf:
+    """Blocks its users (with a message, or silently) instead of passing the value on."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 0}), "block": ("BOOLEAN", {"default": False}),
+                             "message": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+    CATEGORY = "tests/exec"
+
+    def run(self, value, block, message):
+        return (ExecutionBlocker(message or None) if block else value,)
+
+
+NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (BlockIf, 
     IntConst, IntAdd, IntLess, ShowInt, LazySwitch, AsyncDelay, AsyncFail, DoubleByExpansion, SumDown,
     WhileOpen, WhileClose, MakeList, SumList, HiddenProbe, EvenOnly, ChangedByConstant)}
