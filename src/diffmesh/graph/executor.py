@@ -29,7 +29,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffmesh.errors import InterruptedError_
+import torch
+
+from diffmesh.errors import DeviceOutOfMemory, InterruptedError_
 from diffmesh.graph import events as ev
 from diffmesh.graph import node_call
 from diffmesh.graph.cache import CacheEntry, CacheSession, ExecutionCache, compute_signature, compute_signatures
@@ -206,8 +208,9 @@ class PromptExecutor:
                     "traceback": [], "current_inputs": [], "current_outputs": cached}
         real = run.dyn.get_real_node_id(node_id) if node_id else None
         inputs = {name: [node_call.format_value(v) for v in values] for name, values in (run.inputs or {}).items()}
+        class_type = run.dyn.get_node(node_id)["class_type"] if node_id else ""
         return {"node_id": real, "node_type": run.prompt[real]["class_type"] if real else None,
-                "executed": list(run.executed), "exception_message": f"{exc}\n",    # ComfyUI's "{ex}\n{tips}"
+                "executed": list(run.executed), "exception_message": f"{exc}\n{_tips(exc, class_type)}",
                 "exception_type": exception_type_name(exc), "traceback": traceback.format_tb(exc.__traceback__),
                 "current_inputs": inputs, "current_outputs": cached}
 
@@ -399,6 +402,21 @@ class PromptExecutor:
         return NodeContext(engine=run.engine, paths=self.paths, node_id=node_id, prompt=run.prompt,
                            extra_data=run.extra_data, state=run.cache.state(node_id, class_type), options=options,
                            on_progress=on_progress, interrupt=run.interrupt)
+
+
+OOM_TIP = ("This error means you ran out of memory on your GPU.\n\nTIPS: If the workflow worked before you might "
+           "have accidentally set the batch_size to a large number.")
+CLIP_TIP = ("\n\nTIPS: If you have any \"Load CLIP\" or \"*CLIP Loader\" nodes in your workflow connected to this "
+            "sampler node make sure the correct file(s) and type is selected.")
+
+
+def _tips(exc: Exception, class_type: str) -> str:
+    """ComfyUI's hint appended to an execution_error message ("{ex}\n{tips}")."""
+    if isinstance(exc, (DeviceOutOfMemory, torch.OutOfMemoryError)):
+        return OOM_TIP
+    if isinstance(exc, RuntimeError) and "mat1 and mat2 shapes" in str(exc) and "Sampler" in class_type:
+        return CLIP_TIP
+    return ""
 
 
 def _accepted(function, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -264,3 +264,24 @@ def test_execution_blocker_with_message_reports_each_blocked_node_and_the_prompt
     assert [(e["node_id"], e["exception_message"], e["exception_type"]) for e in errors] == [
         ("2", "Execution Blocked: no image", "ExecutionBlocked")]          # reported once, then silent downstream
     assert result.outputs == {} and "execution_error" not in [m[0] for m in result.messages]
+
+
+def test_execution_error_messages_carry_comfyuis_tips(tmp_path):
+    from diffmesh.errors import DeviceOutOfMemory
+    from diffmesh.nodes.base import NodeDef, NodeSchema, inp
+
+    def shapes(ctx, value):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (77x768 and 1024x320)")
+
+    def oom(ctx, value):
+        raise DeviceOutOfMemory("cuda:0 is full")
+
+    registry = NodeRegistry([NodeDef(NodeSchema(name, name, "test", inputs=(inp("value", "INT"),), output_node=True), fn)
+                             for name, fn in (("TinySampler", shapes), ("Big", oom))])
+    executor = PromptExecutor(registry, None, Paths.build(tmp_path))
+    message = executor.execute({"1": {"class_type": "TinySampler", "inputs": {"value": 1}}}, "a").error["exception_message"]
+    assert message.startswith("mat1 and mat2 shapes") and message.endswith(
+        'make sure the correct file(s) and type is selected.') and '\n\n\nTIPS: If you have any "Load CLIP"' in message
+    message = executor.execute({"1": {"class_type": "Big", "inputs": {"value": 1}}}, "b").error["exception_message"]
+    assert message == "cuda:0 is full\nThis error means you ran out of memory on your GPU.\n\nTIPS: If the workflow " \
+                      "worked before you might have accidentally set the batch_size to a large number."
