@@ -14,16 +14,24 @@ from typing import Any
 
 from diffmesh.graph.graph_utils import ExecutionBlocker, is_link
 
-# (expanding node id, call index) while a node's function runs: what a graph builder uses to give
-# the nodes of an expansion unique, deterministic ids (ComfyUI's GraphBuilder default prefix).
-EXPANSION_SCOPE: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+class ExpansionScope:
+    """The node call running now, for the ids of the nodes its expansion adds: ComfyUI's default
+    GraphBuilder prefix "<node id>.<call index>.<graph index>.", the graph index counting the
+    builders made during the call."""
+
+    def __init__(self, node_id: str, call_index: int):
+        self.node_id = node_id
+        self.call_index = call_index
+        self.graphs = 0
+
+    def next_prefix(self) -> str:
+        prefix = f"{self.node_id}.{self.call_index}.{self.graphs}."
+        self.graphs += 1
+        return prefix
+
+
+EXPANSION_SCOPE: contextvars.ContextVar[ExpansionScope | None] = contextvars.ContextVar(
     "diffmesh_expansion_scope", default=None)
-
-
-def expansion_prefix(graph_index: int = 0) -> str:
-    """ComfyUI's id prefix for the nodes an expansion adds: "<node id>.<call index>.<graph index>."."""
-    scope = EXPANSION_SCOPE.get()
-    return "" if scope is None else f"{scope[0]}.{scope[1]}.{graph_index}."
 
 
 def map_calls(args: dict[str, list], input_is_list: bool) -> list[dict[str, Any]]:
@@ -56,7 +64,7 @@ def call_each(function, first: Any, calls: list[dict], node_id: str, input_is_li
         if blocker is not None:
             results.append(on_block(blocker) if on_block is not None else blocker)
             continue
-        token = EXPANSION_SCOPE.set((node_id, index))
+        token = EXPANSION_SCOPE.set(ExpansionScope(node_id, index))
         try:
             results.append(function(first, **call))
         finally:
