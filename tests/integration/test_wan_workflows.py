@@ -106,3 +106,44 @@ def test_wan_t2v_workflow_writes_every_frame_in_every_format(cat):
 def test_the_prompt_changes_the_video(base_dir, tmp_path, cat):
     fox = _run(base_dir, tmp_path, "a red fox in the snow", "wan_fox")
     assert np.abs(_webp_frames(fox["webp"][0]) - _webp_frames(cat["webp"][0])).mean() > 0.5
+
+
+# ---------------------------------------------------------------- image to video
+
+def _i2v_workflow(start: str | None, prefix: str) -> dict:
+    flow = _workflow("a photo of a cat", prefix)
+    flow["1"]["inputs"]["unet_name"] = "tiny-wan21-i2v.safetensors"
+    flow["6"] = {"class_type": "WanImageToVideo", "inputs": {"positive": ["4", 0], "negative": ["5", 0],
+                                                             "vae": ["8", 0], "width": WIDTH, "height": HEIGHT,
+                                                             "length": LENGTH, "batch_size": 1}}
+    flow["7"]["inputs"].update(positive=["6", 0], negative=["6", 1], latent_image=["6", 2], sampler_name="euler")
+    if start is not None:
+        flow["16"] = {"class_type": "LoadImage", "inputs": {"image": start}}
+        flow["6"]["inputs"]["start_image"] = ["16", 0]
+    return flow
+
+
+def test_wan_image_to_video_takes_the_start_frame(base_dir, tmp_path):
+    """WanImageToVideo's start-image latent and mask reach the image-to-video model (36 input channels):
+    different start images give different videos, and no start image differs from both."""
+    from diffmesh.cli import main
+    from diffmesh.models import testmodels_dit
+
+    testmodels_dit.write("wan21", "tiny-i2v", base_dir / "models" / "diffusion_models" / "tiny-wan21-i2v.safetensors")
+    (base_dir / "input").mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in ("red.png", "noise.png"):
+        pixels = np.zeros((HEIGHT * 2, WIDTH * 2, 3), np.uint8)
+        pixels[..., 0] = 220
+        if name == "noise.png":
+            pixels = rng.integers(0, 255, pixels.shape, dtype=np.uint8)
+        Image.fromarray(pixels).save(base_dir / "input" / name)
+    videos = {}
+    for start in ("red.png", "noise.png", None):
+        prefix = f"wan_i2v_{start or 'none'}".replace(".png", "")
+        path = tmp_path / f"{prefix}.json"
+        path.write_text(json.dumps(_i2v_workflow(start, prefix)))
+        assert main(["run", str(path), "--base-directory", str(base_dir), "--cpu"]) == 0
+        videos[start] = _webp_frames(sorted((base_dir / "output").glob(f"{prefix}_*.webp"))[0])
+    assert np.abs(videos["red.png"] - videos["noise.png"]).mean() > 0.5
+    assert np.abs(videos["red.png"] - videos[None]).mean() > 0.5

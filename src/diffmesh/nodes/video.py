@@ -48,6 +48,29 @@ def empty_video_latent(ctx: NodeContext, width: int, height: int, length: int, b
     return ({"samples": torch.zeros([batch_size, 16, ((length - 1) // 4) + 1, height // 8, width // 8])},)
 
 
+def wan_image_to_video(ctx: NodeContext, positive, negative, vae, width: int, height: int, length: int,
+                       batch_size: int, clip_vision_output=None, start_image=None):
+    """WanImageToVideo: the empty video latent, and on both conditionings the VAE latent of the start
+    frames (the rest of the clip grey 0.5) with a mask that is 0 on the latent frames they cover."""
+    from diffmesh.nodes.conditioning import set_values
+    from diffmesh.nodes.image import common_upscale
+
+    latent = empty_video_latent(ctx, width, height, length, batch_size)[0]
+    if start_image is not None:
+        start = common_upscale(start_image[:length].movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
+        image = torch.full((length, height, width, start.shape[-1]), 0.5, dtype=start.dtype)
+        image[:start.shape[0]] = start
+        concat = ctx.engine.vae_encode(vae, image[..., :3])                          # (1, 16, T, h, w)
+        mask = torch.ones((1, 1, latent["samples"].shape[2], concat.shape[-2], concat.shape[-1]))
+        mask[:, :, :((start.shape[0] - 1) // 4) + 1] = 0.0
+        values = {"concat_latent_image": concat, "concat_mask": mask}
+        positive, negative = set_values(positive, values), set_values(negative, values)
+    if clip_vision_output is not None:
+        values = {"clip_vision_output": clip_vision_output}
+        positive, negative = set_values(positive, values), set_values(negative, values)
+    return (positive, negative, latent)
+
+
 # ---------------------------------------------------------------- animated images
 
 def _pil_frames(images: torch.Tensor) -> list:
@@ -173,6 +196,17 @@ NODES = (
                 inp("batch_size", "INT", default=1, min=1, max=4096,
                     tooltip="Number of video latent samples in the batch.")),
         outputs=(OutputSpec("LATENT"),), python_module="comfy_extras.nodes_hunyuan"), empty_video_latent),
+    NodeDef(NodeSchema(
+        name="WanImageToVideo", display_name="WanImageToVideo", category="conditioning/video_models",
+        inputs=(inp("positive", "CONDITIONING"), inp("negative", "CONDITIONING"), inp("vae", "VAE"),
+                inp("width", "INT", default=832, min=16, max=MAX_RESOLUTION, step=16),
+                inp("height", "INT", default=480, min=16, max=MAX_RESOLUTION, step=16),
+                inp("length", "INT", default=81, min=1, max=MAX_RESOLUTION, step=4),
+                inp("batch_size", "INT", default=1, min=1, max=4096),
+                inp("clip_vision_output", "CLIP_VISION_OUTPUT", section="optional"),
+                inp("start_image", "IMAGE", section="optional")),
+        outputs=(OutputSpec("CONDITIONING", "positive"), OutputSpec("CONDITIONING", "negative"),
+                 OutputSpec("LATENT", "latent")), python_module="comfy_extras.nodes_wan"), wan_image_to_video),
     NodeDef(NodeSchema(
         name="SaveAnimatedWEBP", display_name="Save Animated WEBP", category="image",
         inputs=(inp("images", "IMAGE"), inp("filename_prefix", "STRING", default="ComfyUI"),

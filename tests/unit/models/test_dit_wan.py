@@ -97,3 +97,21 @@ def test_image_to_video_takes_clip_rows_and_concat_channels():
     with_image = net(x, t, ctx, concat=concat, clip_fea=torch.randn(1, 257, 1280))
     assert with_image.shape == x.shape and not torch.allclose(plain, with_image, atol=1e-4)
     assert torch.equal(net(x, t, ctx, concat=torch.zeros(1, 20, 2, 4, 4)), plain)
+
+
+def test_start_image_mask_marks_the_given_frames_for_the_model():
+    """ComfyUI's concat_cond: the mask WanImageToVideo makes (0 on the given latent frames) is inverted,
+    repeated to 4 channels and put before the normalised start-image latent."""
+    from diffmesh.models.dit.wan import extra_conds
+    from diffmesh.sampling.latent_formats import for_family
+
+    latent = torch.randn(1, 16, 3, 4, 6)
+    mask = torch.ones(1, 1, 3, 4, 6)
+    mask[:, :, :1] = 0.0
+    concat = extra_conds({"concat_latent_image": latent, "concat_mask": mask}, (2, 16, 3, 4, 6))["concat"]
+    assert concat.shape == (1, 20, 3, 4, 6)
+    assert torch.equal(concat[:, :4, 0], torch.ones(1, 4, 4, 6)) and not concat[:, :4, 1:].any()
+    assert torch.allclose(concat[:, 4:], for_family("wan21").process_in(latent))
+    # a start latent of another size is resized to the latent being sampled
+    assert extra_conds({"concat_latent_image": torch.randn(1, 16, 3, 8, 12)}, (1, 16, 3, 4, 6))["concat"].shape == \
+        (1, 20, 3, 4, 6)

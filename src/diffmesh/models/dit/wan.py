@@ -203,8 +203,8 @@ class WanTransformer(nn.Module):
                 **_: torch.Tensor) -> torch.Tensor:
         b, _c, t, h, w = x.shape
         missing = self.cfg["in_dim"] - x.shape[1]
-        if missing > 0:
-            concat = x.new_zeros((b, missing, t, h, w)) if concat is None else concat.to(x.dtype)
+        if missing > 0:                     # image-to-video: start-image channels, zeros when none were given
+            concat = x.new_zeros((b, missing, t, h, w)) if concat is None else concat[:, :missing].to(x.dtype)
             x = torch.cat([x, concat], dim=1)
         # pad time/rows/cols to the patch size, circularly as ComfyUI's pad_to_patch_size
         x = F.pad(x, (0, (-w) % PATCH[2], 0, (-h) % PATCH[1], 0, (-t) % PATCH[0]), mode="circular")
@@ -252,14 +252,56 @@ def config(shapes: dict[str, tuple]) -> dict:
     }
 
 
+def _resize(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, C, T, h, w): centre crop to the aspect ratio, then bilinear per frame
+    (ComfyUI's common_upscale(..., "bilinear", "center"))."""
+    if tuple(t.shape[-2:]) == (h, w):
+        return t
+    b, c, f, H, W = t.shape
+    if W * h > H * w:                       # wider than the target: crop columns
+        keep = round(H * w / h)
+        t = t[..., (W - keep) // 2:(W - keep) // 2 + keep]
+    elif W * h < H * w:
+        keep = round(W * h / w)
+        t = t[..., (H - keep) // 2:(H - keep) // 2 + keep, :]
+    frames = t.movedim(2, 1).reshape(b * f, c, *t.shape[-2:])
+    out = F.interpolate(frames, size=(h, w), mode="bilinear")
+    return out.reshape(b, f, c, h, w).movedim(1, 2)
+
+
+def concat_input(image: torch.Tensor, mask: torch.Tensor | None, x_shape: tuple) -> torch.Tensor:
+    """ComfyUI's WAN21.concat_cond for an image-to-video model: [4 mask channels | start-image latent]
+    (B, 20, T, h, w). `image` is the VAE latent of the start frames (WanImageToVideo's
+    concat_latent_image), normalised here per 16 channels; `mask` is 0 where frames are given and is
+    inverted, so the model sees 1 on the given frames."""
+    from diffmesh.sampling.latent_formats import for_family
+
+    fmt = for_family("wan21")
+    t, h, w = (int(n) for n in x_shape[-3:])
+    image = _resize(image.float(), h, w)
+    image = torch.cat([fmt.process_in(image[:, i:i + 16]) for i in range(0, image.shape[1], 16)], dim=1)
+    if mask is None:
+        mask = torch.zeros((1, 4, t, h, w))
+    else:
+        mask = mask.float()
+        mask = 1.0 - (mask if mask.shape[1] == 4 else mask.mean(dim=1, keepdim=True))
+        mask = _resize(mask, h, w)
+        if mask.shape[2] < t:
+            mask = F.pad(mask, (0, 0, 0, 0, 0, t - mask.shape[2]))
+        if mask.shape[1] == 1:
+            mask = mask.repeat(1, 4, 1, 1, 1)
+    return torch.cat([mask, image], dim=1)
+
+
 def extra_conds(options: dict, x_shape: tuple) -> dict:
-    """Image-to-video inputs a node put on the conditioning: CLIP-vision rows and the concat latent."""
+    """Image-to-video inputs a node put on the conditioning: CLIP-vision rows and the start-image latent
+    with its mask (a text-to-video model ignores the latter: it has no channels for it)."""
     out = {}
     vision = options.get("clip_vision_output")
     if vision is not None:
         out["clip_fea"] = getattr(vision, "penultimate_hidden_states", vision)
-    if options.get("concat") is not None:
-        out["concat"] = options["concat"]
+    if options.get("concat_latent_image") is not None:
+        out["concat"] = concat_input(options["concat_latent_image"], options.get("concat_mask"), x_shape)
     return out
 
 
