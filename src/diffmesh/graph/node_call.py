@@ -64,12 +64,23 @@ def call_each(function, first: Any, calls: list[dict], node_id: str, input_is_li
         if blocker is not None:
             results.append(on_block(blocker) if on_block is not None else blocker)
             continue
-        token = EXPANSION_SCOPE.set(ExpansionScope(node_id, index))
+        scope = ExpansionScope(node_id, index)
+        token = EXPANSION_SCOPE.set(scope)
         try:
-            results.append(function(first, **call))
+            result = function(first, **call)
         finally:
             EXPANSION_SCOPE.reset(token)
+        results.append(_in_scope(result, scope) if inspect.iscoroutine(result) else result)
     return results
+
+
+async def _in_scope(coroutine, scope: ExpansionScope):
+    """An async node's body runs later, as a task: it keeps its call's expansion scope."""
+    token = EXPANSION_SCOPE.set(scope)
+    try:
+        return await coroutine
+    finally:
+        EXPANSION_SCOPE.reset(token)
 
 
 async def resolve_all(results: list[Any]) -> list[Any]:

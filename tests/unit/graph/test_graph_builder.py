@@ -50,3 +50,19 @@ def test_builder_outside_a_node_call_and_its_editing_helpers():
     assert graph.finalize() == {"x.1": {"class_type": "Const", "inputs": {"value": 1}},
                                 "x.sum": {"class_type": "Add", "inputs": {"a": 5}, "override_display_id": "7"}}
     assert GraphBuilder().prefix == ""
+
+
+async def _async_add_times(ctx, value, times):
+    return _add_times(ctx, value, times)
+
+
+def test_an_async_node_building_its_expansion_gets_its_calls_prefix(tmp_path):
+    node = NodeDef(NodeSchema("AsyncAddTimes", "AsyncAddTimes", "test",
+                              inputs=(inp("value", "INT"), inp("times", "INT", default=1)), outputs=out("INT")),
+                   _async_add_times, is_async=True)
+    executor = PromptExecutor(NodeRegistry(TOY_NODES + (node,)), None, Paths.build(tmp_path))
+    prompt = {"5": {"class_type": "AsyncAddTimes", "inputs": {"value": 4, "times": 1}},
+              "9": {"class_type": "Show", "inputs": {"value": ["5", 0]}}}
+    sink = Recorder()
+    assert executor.execute(prompt, "p", {}, sink).outputs["9"] == {"values": ["v=8"]}
+    assert "5.0.0.1" in sink.executed_nodes()
