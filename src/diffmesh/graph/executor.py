@@ -170,7 +170,10 @@ class PromptExecutor:
         try:
             while execution:
                 node_id = None
-                node_id = await execution.stage()
+                node_id = await execution.stage(run.interrupt.is_set)
+                if node_id is None:                     # interrupted while async nodes ran: stop them
+                    node_id = next(iter(run.tasks), None)
+                    raise Interrupted("Processing interrupted")
                 if run.interrupt.is_set():
                     raise Interrupted("Processing interrupted")
                 if await self._run_node(run, execution, node_id):

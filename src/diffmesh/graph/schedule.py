@@ -96,13 +96,19 @@ class ExecutionList:
     def ready(self) -> list[str]:
         return [nid for nid, blocks in self.pending.items() if blocks == 0]
 
-    async def stage(self) -> str:
-        """The node to run next (waits for async tasks when only they hold nodes back); raises
-        `DependencyCycleError` when nothing can become ready."""
+    async def stage(self, should_stop: Callable[[], bool] = lambda: False) -> str | None:
+        """The node to run next (waits for async tasks when only they hold nodes back; None when
+        `should_stop()` turns true meanwhile); raises `DependencyCycleError` when nothing can
+        become ready."""
         assert self.staged is None
         available = self.ready()
         while not available and self.external > 0:
-            await self.unblocked.wait()
+            try:
+                await asyncio.wait_for(self.unblocked.wait(), 0.05)
+            except asyncio.TimeoutError:
+                if should_stop():
+                    return None
+                continue
             self.unblocked.clear()
             available = self.ready()
         if not available:

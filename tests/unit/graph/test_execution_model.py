@@ -285,3 +285,17 @@ def test_execution_error_messages_carry_comfyuis_tips(tmp_path):
     message = executor.execute({"1": {"class_type": "Big", "inputs": {"value": 1}}}, "b").error["exception_message"]
     assert message == "cuda:0 is full\nThis error means you ran out of memory on your GPU.\n\nTIPS: If the workflow " \
                       "worked before you might have accidentally set the batch_size to a large number."
+
+
+def test_interrupt_while_an_async_node_runs_stops_it(pack):
+    import threading
+
+    executor, calls = pack
+    prompt = {"1": {"class_type": "AsyncDelay", "inputs": {"value": 1, "seconds": 30.0}}, "9": _show("1")}
+    flag = threading.Event()
+    timer = threading.Timer(0.3, flag.set)
+    timer.start()
+    result = executor.execute(prompt, "p", {}, Recorder(), flag)
+    timer.cancel()
+    assert result.status == "interrupted" and result.error["node_id"] == "1"
+    assert ("start", "1") in calls and ("end", "1") not in calls      # cancelled, not waited for
