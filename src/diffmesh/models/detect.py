@@ -128,7 +128,7 @@ def _summary(keys) -> str:
 
 def detect_family(path: str | Path) -> str:
     """'sd1' | 'sd2' | 'sd2v' | 'sdxl' for a single-file checkpoint or a bare UNet file; a DiT family id
-    ('flux', 'zimage', 'qwenimage') for a diffusion-transformer file, bare or all-in-one."""
+    ('flux', 'zimage', 'qwenimage', 'wan21') for a diffusion-transformer file, bare or all-in-one."""
     shapes = read_shapes(path)
     prefix = unet_prefix(shapes)
     if prefix is None:
@@ -138,10 +138,10 @@ def detect_family(path: str | Path) -> str:
         if is_vae_file(shapes):
             raise ModelError("this is a VAE-only file, not a checkpoint", where=str(path),
                              fix="load it with VAELoader from the vae folder")
-        raise ModelError(f"not a model diffmesh knows (no UNet input_blocks and no Flux.1, Z-Image or Qwen-Image "
-                         f"transformer keys found; {_summary(shapes)})", where=str(path),
-                         fix="diffmesh supports SD1.x, SD2.x and SDXL checkpoints and Flux.1, Z-Image and "
-                             "Qwen-Image diffusion models")
+        raise ModelError(f"not a model diffmesh knows (no UNet input_blocks and no Flux.1, Z-Image, Qwen-Image or "
+                         f"Wan 2.1 transformer keys found; {_summary(shapes)})", where=str(path),
+                         fix="diffmesh supports SD1.x, SD2.x and SDXL checkpoints and Flux.1, Z-Image, "
+                             "Qwen-Image and Wan 2.1 diffusion models")
     if prefix + "label_emb.0.0.weight" in shapes:
         return "sdxl"
     proj = [shapes[k] for k in shapes if k.startswith(prefix) and k.endswith(".proj_in.weight")]
