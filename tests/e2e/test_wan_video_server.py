@@ -26,7 +26,8 @@ def models(tmp_path_factory):
 
 def _prompt() -> dict:
     return {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-wan21-t2v.safetensors", "weight_dtype": "default"}},
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-wan21-t2v.safetensors",
+                                                     "weight_dtype": "default"}},
         "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "tiny-umt5xxl.safetensors", "type": "wan"}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "a cat"}},
         "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "blurry"}},

@@ -63,7 +63,8 @@ def _run(base_dir, tmp_path, text, prefix) -> dict:
     assert main(["run", str(path), "--base-directory", str(base_dir), "--cpu"]) == 0
     out = base_dir / "output"
     files = {"webp": sorted(out.glob(f"{prefix}_*.webp")), "png": sorted(out.glob(f"{prefix}_*.png")),
-             "mp4": sorted((out / "video").glob(f"{prefix}_*.mp4")), "frames": sorted((out / "frames").glob(f"{prefix}_*.png"))}
+             "mp4": sorted((out / "video").glob(f"{prefix}_*.mp4")),
+             "frames": sorted((out / "frames").glob(f"{prefix}_*.png"))}
     assert {k: len(v) for k, v in files.items()} == {"webp": 1, "png": 1, "mp4": 1, "frames": LENGTH}
     return files
 
