@@ -149,3 +149,16 @@ def test_a_finished_prompt_appears_as_a_job_with_its_status(tmp_path):
     store.finish("a", history_entry(item, "success", True, [], {}, {}))
     job = store.jobs()[0][0]
     assert job["status"] == "completed" and job["outputs_count"] == 0 and job["priority"] == 0
+
+
+def test_history_pages_and_their_json_text_follow_insertion_order(filled):
+    store, _ = filled
+    everything = store.history()
+    ids = list(everything)
+    assert len(ids) == 240
+    for max_items, offset in ((10, 0), (10, 235), (7, 100), (None, 230), (10, -1), (None, -1)):
+        page = store.history(max_items, offset)
+        start = offset if offset >= 0 else (len(ids) - max_items if max_items else 0)
+        stop = len(ids) if max_items is None else start + max_items
+        assert list(page) == ids[start:stop], (max_items, offset)
+        assert json.loads(store.history_json(max_items, offset)) == page

@@ -198,7 +198,8 @@ async def get_history(request: Request):
     store = state(request).store
     max_items = query_int(request, "max_items")
     offset = query_int(request, "offset", -1)
-    return await asyncio.to_thread(store.history, max_items, offset)
+    text = await asyncio.to_thread(store.history_json, max_items, offset)
+    return Response(content=text, media_type="application/json")
 
 
 async def get_history_entry(request: Request, prompt_id: str):
