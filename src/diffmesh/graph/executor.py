@@ -206,9 +206,11 @@ class PromptExecutor:
 
     def _error_data(self, run: _Run, node_id: str | None, exc: Exception, cached: list[str]) -> dict:
         if isinstance(exc, DependencyCycleError):
-            return {"node_id": node_id, "node_type": None, "executed": list(run.executed),
-                    "exception_message": str(exc), "exception_type": "graph.DependencyCycleError",
-                    "traceback": [], "current_inputs": [], "current_outputs": cached}
+            blamed = self._cycle_blame(run, exc)
+            return {"node_id": blamed, "node_type": run.prompt[blamed]["class_type"] if blamed else None,
+                    "executed": list(run.executed), "exception_message": str(exc),
+                    "exception_type": "graph.DependencyCycleError", "traceback": [], "current_inputs": [],
+                    "current_outputs": cached}
         real = run.dyn.get_real_node_id(node_id) if node_id else None
         inputs = {name: [node_call.format_value(v) for v in values] for name, values in (run.inputs or {}).items()}
         class_type = run.dyn.get_node(node_id)["class_type"] if node_id else ""
@@ -216,6 +218,17 @@ class PromptExecutor:
                 "executed": list(run.executed), "exception_message": f"{exc}\n{_tips(exc, class_type)}",
                 "exception_type": exception_type_name(exc), "traceback": traceback.format_tb(exc.__traceback__),
                 "current_inputs": inputs, "current_outputs": cached}
+
+    @staticmethod
+    def _cycle_blame(run: _Run, exc: DependencyCycleError) -> str | None:
+        """ComfyUI blames a cycle on the node that expanded into it (static cycles fail validation),
+        else on the first node of the cycle."""
+        nodes = exc.nodes
+        for node_id in nodes:
+            display = run.dyn.get_display_node_id(node_id)
+            if display != node_id:
+                return display
+        return run.dyn.get_real_node_id(nodes[0]) if nodes else None
 
     # -- signatures ---------------------------------------------------------------------------------
     async def _is_changed(self, run: _Run, node_ids: list[str]) -> dict[str, Any]:

@@ -18,7 +18,11 @@ from diffmesh.graph.graph_utils import is_link
 
 
 class DependencyCycleError(Exception):
-    """The prompt's links form a cycle; nothing in it can run."""
+    """The prompt's links form a cycle; nothing in it can run. `nodes`: those of the cycle."""
+
+    def __init__(self, message: str, nodes: list[str] | None = None):
+        super().__init__(message)
+        self.nodes = list(nodes or [])
 
 
 class NodeInputError(Exception):
@@ -112,11 +116,28 @@ class ExecutionList:
             self.unblocked.clear()
             available = self.ready()
         if not available:
-            cycle = sorted(self.pending)
+            cycle = self.cycle_nodes()
             raise DependencyCycleError(f"Dependency cycle detected between nodes {', '.join(cycle)}: "
-                                       "remove one of the links that loops back")
+                                       "remove one of the links that loops back", cycle)
         self.staged = self._pick(available)
         return self.staged
+
+    def cycle_nodes(self) -> list[str]:
+        """The pending nodes left once every node nothing blocks is dissolved, repeatedly: the
+        nodes of a cycle (and those waiting on one)."""
+        blocked_by = {nid: set() for nid in self.pending}
+        for source, targets in self.blocking.items():
+            for target in targets:
+                if target in blocked_by:
+                    blocked_by[target].add(source)
+        free = [nid for nid, sources in blocked_by.items() if not sources]
+        while free:
+            for nid in free:
+                del blocked_by[nid]
+                for sources in blocked_by.values():
+                    sources.discard(nid)
+            free = [nid for nid, sources in blocked_by.items() if not sources]
+        return list(blocked_by)
 
     def _pick(self, ready: list[str]) -> str:
         for node_id in ready:

@@ -11,6 +11,7 @@ from typing import Any
 
 from diffmesh.graph.graph_utils import ExecutionBlocker, is_link, unwrap_constant
 from diffmesh.graph.node_call import resolve_now
+from diffmesh.graph.schedule import DependencyCycleError
 from diffmesh.nodes.base import SchemaEnv, as_env
 
 COERCE = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
@@ -43,12 +44,21 @@ class _Validator:
         self.registry = registry
         self.env = env
         self.results: dict[str, tuple[bool, list[dict]]] = {}
+        self.active: set[str] = set()
 
     def node(self, node_id: str) -> tuple[bool, list[dict]]:
+        """A node's validity. A link back to a node being validated is a cycle: an error of the
+        node that links back (ComfyUI refuses such prompts at validation too)."""
         if node_id in self.results:
             return self.results[node_id]
-        self.results[node_id] = (True, [])           # guards against cycles; replaced below
-        result = self._check(node_id)
+        if node_id in self.active:
+            raise DependencyCycleError(f"Dependency cycle detected: node {node_id} depends on its own output; "
+                                       "remove one of the links of the loop", [node_id])
+        self.active.add(node_id)
+        try:
+            result = self._check(node_id)
+        finally:
+            self.active.discard(node_id)
         self.results[node_id] = result
         return result
 

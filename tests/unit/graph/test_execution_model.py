@@ -299,3 +299,30 @@ def test_interrupt_while_an_async_node_runs_stops_it(pack):
     timer.cancel()
     assert result.status == "interrupted" and result.error["node_id"] == "1"
     assert ("start", "1") in calls and ("end", "1") not in calls      # cancelled, not waited for
+
+
+# -- cycles ---------------------------------------------------------------------------------------
+
+def test_a_cycle_in_the_submitted_prompt_fails_validation(pack):
+    executor, _ = pack
+    prompt = {"1": {"class_type": "IntAdd", "inputs": {"a": ["2", 0], "b": 1}},
+              "2": {"class_type": "IntAdd", "inputs": {"a": ["1", 0], "b": 1}},
+              "9": _show("2")}
+    ok, error, _, node_errors = executor.validate(prompt)
+    assert not ok and error["type"] == "prompt_outputs_failed_validation"
+    reasons = [r for entry in node_errors.values() for r in entry["errors"]]
+    assert reasons[0]["type"] == "exception_during_inner_validation"
+    assert "Dependency cycle detected" in reasons[0]["details"]
+
+
+def test_a_cycle_made_by_an_expansion_is_blamed_on_the_expanding_node(pack):
+    executor, _ = pack
+    prompt = {"1": {"class_type": "IntConst", "inputs": {"value": 1}},
+              "5": {"class_type": "DynamicCycle", "inputs": {"value": ["1", 0]}}, "9": _show("5")}
+    sink = Recorder()
+    result = executor.execute(prompt, "p", {}, sink)
+    assert result.status == "error"
+    error = sink.named("execution_error")[0]
+    assert error["node_id"] == "5" and error["node_type"] == "DynamicCycle" and error["prompt_id"] == "p"
+    assert error["exception_type"] == "graph.DependencyCycleError" and error["current_inputs"] == []
+    assert "5.first" in error["exception_message"] and "5.second" in error["exception_message"]

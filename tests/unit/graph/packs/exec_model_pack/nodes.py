@@ -328,6 +328,24 @@ class BlockIf:
         return (ExecutionBlocker(message or None) if block else value,)
 
 
-NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (BlockIf, 
+class DynamicCycle:
+    """Expands into two nodes that feed each other: a cycle that only exists at run time."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 0})}, "hidden": {"unique_id": "UNIQUE_ID"}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "expand"
+    CATEGORY = "tests/exec"
+
+    def expand(self, value, unique_id):
+        first, second = f"{unique_id}.first", f"{unique_id}.second"
+        graph = {first: {"class_type": "IntAdd", "inputs": {"a": value, "b": [second, 0]}},
+                 second: {"class_type": "IntAdd", "inputs": {"a": value, "b": [first, 0]}}}
+        return {"result": ([second, 0],), "expand": graph}
+
+
+NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (BlockIf, DynamicCycle, 
     IntConst, IntAdd, IntLess, ShowInt, LazySwitch, AsyncDelay, AsyncFail, DoubleByExpansion, SumDown,
     WhileOpen, WhileClose, MakeList, SumList, HiddenProbe, EvenOnly, ChangedByConstant)}
