@@ -40,6 +40,7 @@ WAN21 = {"reference": dict(dim=256, ffn=512, layers=2, in_dim=16, text_dim=4096,
          "tiny": dict(dim=128, ffn=256, layers=2, in_dim=16, text_dim=64, i2v=False),
          "tiny-i2v": dict(dim=128, ffn=256, layers=2, in_dim=36, text_dim=64, i2v=True),
          "1.3b": dict(dim=1536, ffn=8960, layers=30, in_dim=16, text_dim=4096, i2v=False),
+         "1.3b-2layers": dict(dim=1536, ffn=8960, layers=2, in_dim=16, text_dim=4096, i2v=False),     # bench/wan.py
          "14b": dict(dim=5120, ffn=13824, layers=40, in_dim=16, text_dim=4096, i2v=False),
          "14b-i2v": dict(dim=5120, ffn=13824, layers=40, in_dim=36, text_dim=4096, i2v=True)}
 FAMILIES = ("zimage", "qwenimage", "wan21vae", "wan21")
