@@ -104,8 +104,8 @@ def main() -> int:
                               str(a.threads), "--vae-latent-frames", str(a.vae_latent_frames)],
                              check=True, capture_output=True, text=True)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    result = {"benchmark": "wan", "machine": {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]},
-              "runs": runs}
+    machine = {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    result = {"benchmark": "wan", "machine": machine, "runs": runs}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
