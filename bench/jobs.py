@@ -5,7 +5,8 @@ failed, 10% cancelled, each with one image output), starts `diffmesh serve` on i
 loopback with one client, the frontend's requests: the first and the last page of
 `/api/jobs?status=completed,failed,cancelled&limit=64` (its history panel), the queue query
 `status=in_progress,pending`, a page by execution duration, and `/history?max_items=64` (first and
-last page) and the whole `/history`. Prints JSON: p50/p99 in milliseconds per request.
+last page) and the whole `/history`; and the same pages from the store in-process (no HTTP).
+Prints JSON: p50/p99 in milliseconds per request.
 
     python bench/jobs.py [--entries 100000] [--repeat 200] [--out FILE]
 """
@@ -60,6 +61,12 @@ def fill(db: Path, n: int) -> float:
     return time.perf_counter() - started
 
 
+def _summary(samples: list[float]) -> dict:
+    samples = sorted(samples)
+    p99 = samples[min(len(samples) - 1, int(round(0.99 * (len(samples) - 1))))]
+    return {"p50_ms": round(statistics.median(samples), 2), "p99_ms": round(p99, 2), "n": len(samples)}
+
+
 def timed(http, path: str, repeat: int) -> dict:
     http.get(path).raise_for_status()                       # warm
     samples = []
@@ -68,10 +75,30 @@ def timed(http, path: str, repeat: int) -> dict:
         response = http.get(path)
         samples.append((time.perf_counter() - t) * 1000)
         response.raise_for_status()
-    samples.sort()
-    p99 = samples[min(len(samples) - 1, int(round(0.99 * (len(samples) - 1))))]
-    return {"p50_ms": round(statistics.median(samples), 2), "p99_ms": round(p99, 2), "n": repeat,
-            "bytes": len(response.content)}
+    return {**_summary(samples), "bytes": len(response.content)}
+
+
+def store_timings(db: Path, n: int, repeat: int) -> dict:
+    """The same pages from the store in this process: the SQL and JSON cost without HTTP."""
+    from diffmesh.server.store import QueueStore
+
+    store = QueueStore(db, history_cap=None)
+    history = ("completed", "failed", "cancelled")
+    calls = {"jobs_first_page": lambda: store.jobs(history, limit=64, offset=0),
+             "jobs_last_page": lambda: store.jobs(history, limit=64, offset=max(0, n - 64)),
+             "history_first_page": lambda: store.history_json(64, 0),
+             "history_last_page": lambda: store.history_json(64, max(0, n - 64))}
+    out = {}
+    for name, call in calls.items():
+        call()
+        samples = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - t) * 1000)
+        out[name] = _summary(samples)
+    store.close()
+    return out
 
 
 def main(argv=None) -> dict:
@@ -84,7 +111,9 @@ def main(argv=None) -> dict:
     n, last = args.entries, max(0, args.entries - 64)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
-        fill_s = fill(base / "user" / "diffmesh" / "queue.sqlite3", n)
+        db = base / "user" / "diffmesh" / "queue.sqlite3"
+        fill_s = fill(db, n)
+        in_process = store_timings(db, n, args.repeat)
         with ServerProcess(base, "--cpu") as server:
             server.wait_ready(120)
             with server.client(timeout=600) as http:
@@ -103,6 +132,7 @@ def main(argv=None) -> dict:
                 results = {name: timed(http, path, args.repeat) for name, path in routes.items()}
                 results["history_all_entries"] = timed(http, "/api/history", args.full_repeat)
     report = {"benchmark": "jobs", "entries": n, "fill_seconds": round(fill_s, 1), "requests": results,
+              "store_in_process": in_process,
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": psutil.cpu_count(),
                           "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
                           "load_avg_1m": round(psutil.getloadavg()[0], 2)},

@@ -71,13 +71,14 @@ async def list_jobs(request: Request):
     store = state(request).store
     page, total = await asyncio.to_thread(store.jobs, statuses, query.get("workflow_id"), sort_by,
                                           sort_order == "desc", limit, offset)
-    return {"jobs": page, "pagination": {"offset": offset, "limit": limit, "total": total,
-                                         "has_more": offset + len(page) < total}}
+    # JSONResponse: the page is plain JSON data already (FastAPI's generic encoder costs ~7x the dump)
+    return JSONResponse({"jobs": page, "pagination": {"offset": offset, "limit": limit, "total": total,
+                                                      "has_more": offset + len(page) < total}})
 
 
 async def get_job(request: Request, job_id: str):
     job = await asyncio.to_thread(state(request).store.job, job_id)
-    return job if job is not None else _error("Job not found", 404)
+    return JSONResponse(job) if job is not None else _error("Job not found", 404)
 
 
 def cancel(s, job_id: str) -> bool:
