@@ -8,6 +8,10 @@ the size, a 256-row T5-like context), the sampling time, and the whole-image lat
 VAE decode of the reference Flux VAE (flux-ae-random; the decode runs on one worker in both cases,
 so it is the same work beside a shorter sampling). The runs alternate (1, 2, 1, 2, ... workers)
 so that a change in machine load hits both alike; the load average is recorded before and after.
+Beside wall times, each step's CPU seconds of every worker process (utime + stime from /proc) are
+recorded: on a shared machine they change far less than wall time, and the step's CPU time of the
+busiest worker bounds from below what the step would take on a quiet machine (time spent waiting
+for an exchange is not CPU time, so the CPU-time ratio leaves out the exchanges' latency).
 
     python bench/sequence.py                                # 1024, 2 steps, 1 repeat
     python bench/sequence.py --sizes 512 1024 --steps 2 --repeats 2 --out bench/results/sequence.json
@@ -46,12 +50,21 @@ def _job(model, size: int, steps: int):
                      sampler_name="euler", cfg=1.0, positive=cond, negative=cond, seed=42)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _one_image(engine, model, vae, job, decode: bool) -> dict:
     marks: list[float] = []
+    pids = [engine.root.executor.pid(w) for w in engine.root.infos]
+    cpu = [[_cpu_seconds(p) for p in pids]]
 
     def progress(event: dict) -> None:
         if event.get("type") == "progress":
             marks.append(time.perf_counter())
+            cpu.append([_cpu_seconds(p) for p in pids])
 
     start = time.perf_counter()
     latent = engine.sample(model, job, progress)
@@ -60,9 +73,12 @@ def _one_image(engine, model, vae, job, decode: bool) -> dict:
         engine.vae_decode(vae, latent)
     end = time.perf_counter()
     steps = [b - a for a, b in zip([start] + marks, marks)]
+    # the busiest worker's CPU seconds in each step
+    cpu_steps = [max(b - a for a, b in zip(before, after)) for before, after in zip(cpu, cpu[1:])]
     return {"strategy": engine.last_plan.strategy, "workers": list(engine.last_plan.workers),
             "step_s": [round(s, 2) for s in steps], "first_step_s": round(steps[0], 2),
             "later_step_s": round(sum(steps[1:]) / max(1, len(steps) - 1), 2) if len(steps) > 1 else None,
+            "cpu_step_s": [round(s, 2) for s in cpu_steps],
             "sampling_s": round(sampled - start, 2), "decode_s": round(end - sampled, 2) if decode else None,
             "image_s": round(end - start, 2), "latent": latent}
 
@@ -122,6 +138,9 @@ def main() -> int:
                 "speedup_step": round(best("1 worker", step_key) / best("2 workers", step_key), 3),
                 "speedup_sampling": round(best("1 worker", "sampling_s") / best("2 workers", "sampling_s"), 3),
                 "speedup_image": round(best("1 worker", "image_s") / best("2 workers", "image_s"), 3),
+                "speedup_step_cpu": round(min(min(r["cpu_step_s"][1:] or r["cpu_step_s"]) for r in runs["1 worker"])
+                                          / min(min(r["cpu_step_s"][1:] or r["cpu_step_s"])
+                                                for r in runs["2 workers"]), 3),
                 "step_key": step_key})
     finally:
         executor.shutdown(timeout=10)
