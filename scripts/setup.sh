@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up diffmesh on a fresh machine.
-#   scripts/setup.sh          install diffmesh and write a tiny demo checkpoint (so the UI's default
-#                             workflow runs out of the box)
+#   scripts/setup.sh          install diffmesh and write tiny random demo models (an SD1 checkpoint and
+#                             the Z-Image Turbo set of the UI's default workflow) so workflows run out
+#                             of the box
 #   scripts/setup.sh --test   also install what the tests need: dev extras, Debian chromium for the
 #                             browser test (never a browser download through playwright)
 # The torch pin keeps the CPU build that lies on our machines; on a GPU machine install the CUDA
@@ -25,4 +26,13 @@ else
   if [ ! -e models/checkpoints/diffmesh-demo-sd1-tiny.safetensors ]; then
     $PY -m diffmesh.cli make-test-model --family sd1 --size tiny --out models/checkpoints/diffmesh-demo-sd1-tiny.safetensors
   fi
+  # the frontend's default workflow for new users is Z-Image Turbo: a tiny random set of its three
+  # files (pick them in Load Diffusion Model, Load CLIP and Load VAE); 45 MB in all
+  for demo in "zimage diffusion_models/diffmesh-demo-zimage-tiny" "qwen3_4b text_encoders/diffmesh-demo-qwen3-4b-tiny" \
+              "flux-vae vae/diffmesh-demo-flux-ae-tiny"; do
+    set -- $demo
+    if [ ! -e "models/$2.safetensors" ]; then
+      $PY -m diffmesh.cli make-test-model --family "$1" --size tiny --out "models/$2.safetensors"
+    fi
+  done
 fi
