@@ -162,3 +162,21 @@ def test_history_pages_and_their_json_text_follow_insertion_order(filled):
         stop = len(ids) if max_items is None else start + max_items
         assert list(page) == ids[start:stop], (max_items, offset)
         assert json.loads(store.history_json(max_items, offset)) == page
+
+
+def test_job_totals_follow_the_history_cap_deletes_and_a_reopened_file(tmp_path):
+    rng = random.Random(11)
+    store = QueueStore(tmp_path / "q.sqlite3", history_cap=4)
+    records = [_finished(i, rng) for i in range(7)]                  # statuses cycle: completed, failed, cancelled
+    store.add_history([(pid, entry) for pid, entry, _ in records])
+    kept = [e for _, _, e in records[-4:]]
+    assert store.jobs()[1] == 4 == len(store.jobs()[0])
+    assert store.jobs(("failed",))[1] == sum(e["status"] == "failed" for e in kept)
+    store.delete_history([kept[-1]["id"]])
+    assert store.jobs()[1] == 3
+    store.close()
+    again = QueueStore(tmp_path / "q.sqlite3")
+    assert again.jobs(jobmod.HISTORY_STATUSES)[1] == 3 and again.jobs(("cancelled",))[1] == \
+        sum(e["status"] == "cancelled" for e in kept[:-1])
+    again.delete_history(None)
+    assert again.jobs() == ([], 0)
