@@ -243,9 +243,10 @@ class PromptExecutor:
             schema = definition.schema
             inputs: dict[str, Any] = {}
             for name, value in node.get("inputs", {}).items():
-                if is_link(value):
+                spec = schema.input(name)
+                if is_link(value) and not (spec is not None and spec.options.get("rawLink", False)):
                     inputs[name] = None
-                elif schema.input(name) is not None:
+                elif spec is not None:
                     inputs[name] = unwrap_constant(value)
             hidden = {"PROMPT": {}, "DYNPROMPT": None, "EXTRA_PNGINFO": None, "UNIQUE_ID": node_id}
             inputs.update({name: hidden.get(kind) for name, kind in schema.hidden})

@@ -158,9 +158,10 @@ class _Validator:
         schema = definition.schema
         values: dict[str, Any] = {}
         for name, value in inputs.items():
-            if is_link(value):
+            spec = schema.input(name)
+            if is_link(value) and not (spec is not None and spec.options.get("rawLink", False)):
                 values[name] = None
-            elif schema.input(name) is not None:
+            elif spec is not None:
                 values[name] = value
         hidden = {"PROMPT": {}, "DYNPROMPT": None, "EXTRA_PNGINFO": None, "UNIQUE_ID": node_id}
         values.update({name: hidden.get(kind) for name, kind in schema.hidden})

@@ -198,6 +198,11 @@ class WhileClose:
     FUNCTION = "close"
     CATEGORY = "tests/exec"
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, flow):
+        # a rawLink input is validated as the link itself, not as None
+        return True if isinstance(flow, list) and len(flow) == 2 else f"flow must be a raw link, got {flow!r}"
+
     def _ancestors(self, dynprompt, node_id, found):
         for value in dynprompt.get_node(node_id)["inputs"].values():
             if isinstance(value, list) and len(value) == 2 and value[0] not in found:
