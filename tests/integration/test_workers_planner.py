@@ -99,3 +99,12 @@ def test_worker_pool_leases_are_exclusive_and_released():
     assert pool.take(1, timeout=0.05) == []
     pool.give(first)
     assert pool.take(2, at_least=1) == first
+
+
+def test_planner_never_splits_the_batch_of_a_batch_coupled_sampler():
+    two = cpu_workers(2)
+    coupled = Workload(batch=4, cfg=1.0, batch_coupled=True)
+    assert plan_sample(Workload(batch=4, cfg=1.0), two).strategy == "batch"
+    assert plan_sample(coupled, two).strategy == "single"
+    plan = plan_sample(coupled, two, mode="batch")
+    assert plan.strategy == "single" and "dpm_adaptive" in plan.reason

@@ -42,6 +42,7 @@ from diffmesh.parallel import cfg as cfg_parallel
 from diffmesh.parallel import sequence as sequence_parallel
 from diffmesh.parallel.queue import WorkerPool
 from diffmesh.parallel.request import parallel_options, plain_handle
+from diffmesh.sampling.samplers import get_sampler
 
 Progress = Callable[[dict], None]
 log = logging.getLogger("diffmesh.engine")
@@ -92,7 +93,8 @@ class EngineScope:
     def plan(self, model: ModelHandle, job) -> SamplePlan:
         request = parallel_options(model)                          # a node's request wins over the flag
         mode = request.strategy if request is not None else self.root.parallel
-        workload = Workload(batch=int(job.latent.shape[0]), cfg=float(job.cfg), tokens=image_tokens(model, job))
+        workload = Workload(batch=int(job.latent.shape[0]), cfg=float(job.cfg), tokens=image_tokens(model, job),
+                            batch_coupled=get_sampler(job.sampler_name).batch_coupled)
         main = self.worker_for(plain_handle(model))
         workers = request.workers_for(self.workers, main) if request is not None else self.workers
         return plan_sample(workload, workers, mode, main_worker=main)

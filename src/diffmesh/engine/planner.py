@@ -34,6 +34,7 @@ class Workload:
     cfg: float
     model_bytes: int | None = None     # for the memory check, when known
     tokens: int = 0                    # image tokens of a diffusion transformer (0: no sequence split)
+    batch_coupled: bool = False        # the sampler couples batch items (dpm_adaptive's step control)
 
     @property
     def uses_uncond(self) -> bool:
@@ -64,6 +65,8 @@ def _single(workload: Workload, main: WorkerInfo, reason: str) -> SamplePlan:
 
 
 def _batch(workload: Workload, workers: list[WorkerInfo]) -> SamplePlan | None:
+    if workload.batch_coupled:          # split rows would choose other step sizes: another image
+        return None
     usable = sorted(workers, key=lambda w: -w.speed)[: workload.batch]
     if len(usable) < 2:
         return None
@@ -135,7 +138,9 @@ def plan_sample(workload: Workload, workers: list[WorkerInfo], mode: str = "auto
         return min((p for p in (sequence, hybrid) if p is not None), key=lambda p: p.cost, default=None) \
             or _single(workload, main, why)
     if mode == "batch":
-        return batch or _single(workload, main, "batch parallel asked for, but the batch has one sample")
+        why = ("the sampler chooses its steps over the whole batch (dpm_adaptive), so a split would change the images"
+               if workload.batch_coupled else "the batch has one sample")
+        return batch or _single(workload, main, f"batch parallel asked for, but {why}")
     if mode == "cfg":
         return cfg or (batch or _single(workload, main, "CFG parallel asked for, but cfg is 1 (no uncond pass)"))
     hybrid = _cfg_sequence(workload, usable, main)
