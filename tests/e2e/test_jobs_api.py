@@ -105,7 +105,8 @@ def test_bad_job_queries_are_400_with_comfyui_messages(node_server):
     with node_server.client() as http:
         for query, text in (("status=done", "Invalid status value(s): done"), ("sort_by=name", "sort_by"),
                             ("sort_order=up", "sort_order"), ("limit=0", "limit must be a positive integer"),
-                            ("limit=x", "limit must be an integer"), ("offset=x", "offset must be an integer")):
+                            ("limit=x", "limit must be an integer"), ("offset=x", "offset must be an integer"),
+                            (f"offset={2**82}", "offset is out of range"), (f"limit={2**63}", "limit is out of range")):
             response = http.get(f"/api/jobs?{query}")
             assert response.status_code == 400 and text in response.json()["error"], query
         assert http.get("/api/jobs?offset=-5").json()["pagination"]["offset"] == 0

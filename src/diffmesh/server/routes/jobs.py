@@ -39,9 +39,12 @@ def _int(query, name: str, default):
     if name not in query:
         return default, None
     try:
-        return int(query[name]), None
+        number = int(query[name])
     except ValueError:
         return None, _error(f"{name} must be an integer")
+    if abs(number) >= 2**63:                       # SQLite integers are 64-bit
+        return None, _error(f"{name} is out of range")
+    return number, None
 
 
 async def list_jobs(request: Request):
