@@ -91,7 +91,7 @@ def prepare_conds(conds: dict[str, list], model, x_shape, model_sampling) -> dic
     An entry is a dict with "context" (1,T,D), "extra" {name: tensor} and the options that shape
     its weight: area (h, w, y, x) in latent pixels, strength, mask (Bm,h,w), mask_strength,
     timestep_start/timestep_end (sigmas)."""
-    h, w = int(x_shape[2]), int(x_shape[3])
+    h, w = int(x_shape[-2]), int(x_shape[-1])          # 5-D video latents: (B, C, T, h, w)
     out: dict[str, list[dict]] = {}
     for key, conditioning in conds.items():
         entries = []
