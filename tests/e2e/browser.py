@@ -66,8 +66,9 @@ def _link(source: str | Path, target: Path) -> None:
 
 
 def tiny_models_tree(tiny_model_files: dict, root: Path) -> Path:
-    """`root/models` with the tiny SD1 checkpoint and the tiny Z-Image Turbo set (transformer,
-    Qwen3-4B text encoder, Flux VAE); returns the models folder."""
+    """`root/models` with the tiny SD1 checkpoint, the tiny Z-Image Turbo set (transformer,
+    Qwen3-4B text encoder, Flux VAE) and the tiny Flux.1-dev set (transformer, T5-XXL and CLIP-L);
+    returns the models folder."""
     from diffmesh.models.testmodels import make_test_model
 
     models = root / "models"
@@ -76,4 +77,7 @@ def tiny_models_tree(tiny_model_files: dict, root: Path) -> Path:
     _link(tiny_model_files["flux"]["flux_vae"], models / "vae" / "tiny-flux-ae.safetensors")
     (models / "text_encoders").mkdir(parents=True, exist_ok=True)
     make_test_model("qwen3_4b", "tiny", models / "text_encoders" / "tiny-qwen3-4b.safetensors")
+    _link(tiny_model_files["flux"]["flux_dev"], models / "diffusion_models" / "tiny-flux-dev.safetensors")
+    make_test_model("t5xxl", "tiny", models / "text_encoders" / "tiny-t5xxl.safetensors")
+    make_test_model("clip_l", "tiny", models / "text_encoders" / "tiny-clip_l.safetensors")
     return models

@@ -73,3 +73,43 @@ def test_default_workflow_is_z_image_turbo_and_runs_from_the_page(ui_server):
             + `&subfolder=${img.subfolder}&type=${img.type}`)).status""", image)
         assert status == 200
         assert page.errors == []
+
+
+# A Flux.1-dev text-to-image workflow as the official template builds it (DualCLIPLoader flux,
+# FluxGuidance 3.5, ConditioningZeroOut negative, euler/simple at cfg 1), on the tiny files.
+FLUX_WORKFLOW = {
+    "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-flux-dev.safetensors", "weight_dtype": "default"}},
+    "2": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "tiny-clip_l.safetensors",
+                                                     "clip_name2": "tiny-t5xxl.safetensors", "type": "flux"}},
+    "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox in the snow", "clip": ["2", 0]}},
+    "4": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["3", 0], "guidance": 3.5}},
+    "5": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["3", 0]}},
+    "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    "7": {"class_type": "KSampler", "inputs": {"seed": 7, "control_after_generate": "fixed", "steps": 2, "cfg": 1.0,
+                                              "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0,
+                                              "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0],
+                                              "latent_image": ["6", 0]}},
+    "8": {"class_type": "VAELoader", "inputs": {"vae_name": "tiny-flux-ae.safetensors"}},
+    "9": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["8", 0]}},
+    "10": {"class_type": "SaveImage", "inputs": {"filename_prefix": "flux", "images": ["9", 0]}},
+}
+
+
+def test_a_flux_workflow_loaded_into_the_page_runs_and_shows_its_image(ui_server):
+    with open_page(ui_server) as page:
+        load(page, ui_server.url)
+        page.evaluate("""async (workflow) => {
+            window.__executed = [];
+            window.app.api.addEventListener('executed', e => window.__executed.push(e.detail));
+            await window.app.loadApiJson(workflow, 'flux.json');
+        }""", FLUX_WORKFLOW)
+        types = page.evaluate("() => window.app.graph._nodes.map(n => n.type)")
+        assert {"UNETLoader", "DualCLIPLoader", "FluxGuidance", "ConditioningZeroOut"} <= set(types)
+        page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+        page.wait_for_function("() => window.__executed.length > 0", timeout=300000)
+        image = page.evaluate("() => window.__executed[0]")["output"]["images"][0]
+        assert image["filename"].startswith("flux")
+        status = page.evaluate("""async (img) => (await fetch(`/api/view?filename=${encodeURIComponent(img.filename)}`
+            + `&subfolder=${img.subfolder}&type=${img.type}`)).status""", image)
+        assert status == 200
+        assert page.errors == []
