@@ -25,6 +25,7 @@ from typing import Any
 
 from diffmesh.server import bodies
 from diffmesh.server import jobs as jobmod
+from diffmesh.server.jobs_sql import JOB_COLUMNS, JOB_INDEXES, chunks, count_sql, job_columns, job_selects
 
 HISTORY_CAP = 10000     # entries kept, as ComfyUI's MAXIMUM_HISTORY_SIZE
 log = logging.getLogger("diffmesh.server.store")
@@ -51,31 +52,6 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 """
-
-# Columns of `history` the jobs API reads (added to databases written before it existed).
-_JOB_COLUMNS = {"status": "TEXT", "create_time": "INTEGER", "duration": "INTEGER", "workflow_id": "TEXT",
-                "job": "TEXT"}
-_JOB_INDEXES = """
-CREATE INDEX IF NOT EXISTS history_created ON history (create_time, seq);
-CREATE INDEX IF NOT EXISTS history_status_created ON history (status, create_time, seq);
-CREATE INDEX IF NOT EXISTS history_duration ON history (duration, seq);
-CREATE INDEX IF NOT EXISTS history_status_duration ON history (status, duration, seq);
-CREATE INDEX IF NOT EXISTS history_order ON history (seq);
-CREATE TABLE IF NOT EXISTS history_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL);
-CREATE TRIGGER IF NOT EXISTS history_counts_insert AFTER INSERT ON history BEGIN
-    INSERT INTO history_counts (status, n) VALUES (NEW.status, 1)
-        ON CONFLICT (status) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS history_counts_delete AFTER DELETE ON history BEGIN
-    UPDATE history_counts SET n = n - 1 WHERE status = OLD.status;
-END;
-CREATE TRIGGER IF NOT EXISTS history_counts_update AFTER UPDATE OF status ON history BEGIN
-    UPDATE history_counts SET n = n - 1 WHERE status = OLD.status;
-    INSERT INTO history_counts (status, n) VALUES (NEW.status, 1)
-        ON CONFLICT (status) DO UPDATE SET n = n + 1;
-END;
-"""
-
 
 @dataclass(frozen=True)
 class QueueItem:
@@ -115,15 +91,15 @@ class QueueStore:
     def _add_job_columns(self) -> None:
         """Adds the jobs columns to an older database and fills them from its entries."""
         have = {row[1] for row in self._db.execute("PRAGMA table_info(history)")}
-        missing = [name for name in _JOB_COLUMNS if name not in have]
+        missing = [name for name in JOB_COLUMNS if name not in have]
         for name in missing:
-            self._db.execute(f"ALTER TABLE history ADD COLUMN {name} {_JOB_COLUMNS[name]}")
+            self._db.execute(f"ALTER TABLE history ADD COLUMN {name} {JOB_COLUMNS[name]}")
         if missing:
             rows = self._db.execute("SELECT prompt_id, entry FROM history").fetchall()
             self._tx_unlocked(lambda: [self._db.execute(
                 "UPDATE history SET status = ?, create_time = ?, duration = ?, workflow_id = ?, job = ?"
-                " WHERE prompt_id = ?", (*_job_columns(pid, json.loads(entry)), pid)) for pid, entry in rows])
-        self._db.executescript(_JOB_INDEXES)
+                " WHERE prompt_id = ?", (*job_columns(pid, json.loads(entry)), pid)) for pid, entry in rows])
+        self._db.executescript(JOB_INDEXES)
         # counts per status (kept by triggers) start from the rows themselves at every open
         self._tx_unlocked(lambda: (self._db.execute("DELETE FROM history_counts"), self._db.execute(
             "INSERT INTO history_counts (status, n) SELECT status, COUNT(*) FROM history GROUP BY status")))
@@ -180,7 +156,7 @@ class QueueStore:
                     continue
                 self._db.execute("UPDATE history SET entry = ?, status = ?, create_time = ?, duration = ?,"
                                  " workflow_id = ?, job = ? WHERE prompt_id = ?",
-                                 (json.dumps(repaired), *_job_columns(pid, repaired), pid))
+                                 (json.dumps(repaired), *job_columns(pid, repaired), pid))
             for row in self._db.execute("SELECT number, prompt_id, prompt, extra_data, outputs, sensitive FROM queue"
                                         " WHERE prompt LIKE '%NaN%' OR prompt LIKE '%Infinity%' OR extra_data LIKE"
                                         " '%NaN%' OR extra_data LIKE '%Infinity%' OR json_valid(prompt) = 0 OR"
@@ -290,7 +266,7 @@ class QueueStore:
         text = json.dumps(bodies.finite_or_none(entry), default=str, allow_nan=False)
         self._db.execute(
             "INSERT INTO history (prompt_id, entry, status, create_time, duration, workflow_id, job)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)", (prompt_id, text, *_job_columns(prompt_id, json.loads(text))))
+            " VALUES (?, ?, ?, ?, ?, ?, ?)", (prompt_id, text, *job_columns(prompt_id, json.loads(text))))
         if self.history_cap is not None:
             self._db.execute("DELETE FROM history WHERE seq <= (SELECT MAX(seq) FROM history) - ?",
                              (self.history_cap,))
@@ -353,7 +329,7 @@ class QueueStore:
                     "SELECT seq FROM history INDEXED BY history_order ORDER BY seq LIMIT ? OFFSET ?",
                     (max_items if max_items is not None else -1, offset))]
                 rows = []
-                for chunk in _chunks(seqs):
+                for chunk in chunks(seqs):
                     marks = ",".join("?" * len(chunk))
                     rows += self._db.execute(f"SELECT prompt_id, entry FROM history WHERE seq IN ({marks}) ORDER BY seq",
                                              chunk).fetchall()
@@ -380,7 +356,7 @@ class QueueStore:
         """One page of jobs and the number of all that match. Queue rows (few) and history rows are
         merged by SQLite in sort order: each side is read along an index, so a page costs its
         offset in index steps and never parses an entry outside the page."""
-        parts = _job_selects(statuses, workflow_id, sort_by)
+        parts = job_selects(statuses, workflow_id, sort_by)
         if not parts:
             return [], 0
         args = [a for _, part_args in parts for a in part_args]
@@ -399,9 +375,9 @@ class QueueStore:
     def _count(self, statuses, workflow_id: str | None, parts: list[tuple[str, list]]) -> int:
         """Matching jobs: history by status from the trigger-kept counts (no scan), the queue counted."""
         if workflow_id is not None:
-            return sum(self._db.execute(_count_sql(p), a).fetchone()[0] for p, a in parts)
+            return sum(self._db.execute(count_sql(p), a).fetchone()[0] for p, a in parts)
         done = sorted(set(statuses) & set(jobmod.HISTORY_STATUSES))
-        queued = sum(self._db.execute(_count_sql(p), a).fetchone()[0] for p, a in parts if " FROM queue " in p)
+        queued = sum(self._db.execute(count_sql(p), a).fetchone()[0] for p, a in parts if " FROM queue " in p)
         if not done:
             return queued
         marks = ",".join("?" * len(done))
@@ -413,11 +389,11 @@ class QueueStore:
         history_refs = [ref for src, ref, *_ in rows if src == 1]
         queue_ids = [ref for src, ref, *_ in rows if src == 0]
         found: dict[Any, dict] = {}
-        for chunk in _chunks(history_refs):
+        for chunk in chunks(history_refs):
             marks = ",".join("?" * len(chunk))
             for seq, job in self._db.execute(f"SELECT seq, job FROM history WHERE seq IN ({marks})", chunk):
                 found[seq] = json.loads(job)
-        for chunk in _chunks(queue_ids):
+        for chunk in chunks(queue_ids):
             marks = ",".join("?" * len(chunk))
             for row in self._db.execute("SELECT number, prompt_id, prompt, extra_data, outputs, sensitive, state"
                                         f" FROM queue WHERE prompt_id IN ({marks})", chunk):
@@ -452,51 +428,6 @@ class QueueStore:
         ids = [str(p) for p in prompt_ids]
         return self._tx(lambda: sum(self._db.execute(
             "DELETE FROM history WHERE prompt_id = ?", (p,)).rowcount for p in ids))
-
-
-def _job_selects(statuses, workflow_id: str | None, sort_by: str) -> list[tuple[str, list]]:
-    """The queue and history SELECTs of a jobs query, each with its parameters. Columns: source
-    (0 queue, 1 history), reference (queue: prompt id; history: seq), sort key, order within the
-    source. The history SELECT reads only columns of one index (seq is in every index), so
-    walking past an offset never touches the table."""
-    parts = []
-    states = [jobmod.QUEUE_STATES[s] for s in statuses if s in jobmod.QUEUE_STATES]
-    if states:
-        where, args = f"state IN ({','.join('?' * len(states))})", list(states)
-        if workflow_id is not None:
-            where, args = f"{where} AND json_extract(extra_data, '$.extra_pnginfo.workflow.id') = ?", [*args, workflow_id]
-        key = "COALESCE(CAST(json_extract(extra_data, '$.create_time') AS INTEGER), 0)" if sort_by == "created_at" else "0"
-        parts.append((f"SELECT 0, prompt_id, {key}, number FROM queue WHERE {where}", args))
-    done = [s for s in statuses if s in jobmod.HISTORY_STATUSES]
-    if done:
-        # All three statuses: no condition, so the (key, seq) index serves. Fewer: one SELECT per
-        # status along its (status, key, seq) range, merged like the rest (an IN list would sort).
-        conditions = [("1", [])] if len(set(done)) == len(jobmod.HISTORY_STATUSES) else [
-            ("status = ?", [status]) for status in dict.fromkeys(done)]
-        key = "create_time" if sort_by == "created_at" else "duration"
-        for where, args in conditions:
-            if workflow_id is not None:
-                where, args = f"{where} AND workflow_id = ?", [*args, workflow_id]
-            parts.append((f"SELECT 1, seq, {key}, seq FROM history WHERE {where}", args))
-    return parts
-
-
-def _count_sql(select: str) -> str:
-    """COUNT(*) over one part's table and condition: counting from a subquery would make SQLite
-    produce every row first (100,000 rows: milliseconds instead of a fraction of one)."""
-    return "SELECT COUNT(*) " + select[select.index(" FROM "):]
-
-
-def _chunks(ids: list[str], size: int = 500):
-    for i in range(0, len(ids), size):
-        yield ids[i:i + size]
-
-
-def _job_columns(prompt_id: str, entry: dict) -> tuple:
-    """(status, create_time, duration, workflow_id, job JSON) of a history entry."""
-    job = jobmod.history_job(prompt_id, entry)
-    return (job["status"], int(job.get("create_time") or 0), jobmod.duration(job), job.get("workflow_id"),
-            json.dumps(job, default=str))
 
 
 def _item(row: tuple) -> QueueItem:
