@@ -13,7 +13,7 @@ import torch
 
 from .samplers_extra import _want_uncond
 from .samplers_k import (_cb, get_ancestral_step, half_log_snr, is_flow, offset_first_sigma,
-                         sigma_of_half_log_snr, to_d)
+                         sigma_fn, sigma_of_half_log_snr, t_fn, to_d)
 
 
 def _need_noise(noise_sampler, name: str):
@@ -43,12 +43,6 @@ def res_multistep(model, x, sigmas, extra_args=None, callback=None, noise_sample
     if cfg_pp:
         _want_uncond(model)
     s_in = x.new_ones([x.shape[0]])
-
-    def sigma_fn(t):
-        return t.neg().exp()
-
-    def t_fn(sigma):
-        return sigma.log().neg()
 
     def phi1_fn(t):
         return torch.expm1(t) / t
@@ -112,12 +106,6 @@ def sample_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback
     from x moved by (guided - uncond), so the renoising follows the uncond direction."""
     _want_uncond(model)
     s_in = x.new_ones([x.shape[0]])
-
-    def sigma_fn(t):
-        return t.neg().exp()
-
-    def t_fn(sigma):
-        return sigma.log().neg()
 
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)

@@ -11,6 +11,16 @@ def to_d(x, sigma, denoised):
     return (x - denoised) / sigma
 
 
+def sigma_fn(t):
+    """sigma of the DPM-Solver time t = -log(sigma) (Lu et al. 2022)."""
+    return t.neg().exp()
+
+
+def t_fn(sigma):
+    """DPM-Solver time t = -log(sigma) of a sigma."""
+    return sigma.log().neg()
+
+
 def get_ancestral_step(sigma_from, sigma_to, eta=1.0):
     """Split a step into a deterministic part to sigma_down and fresh noise of size sigma_up."""
     if not eta:
@@ -233,12 +243,6 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
         return _sample_dpmpp_2s_ancestral_rf(model, x, sigmas, callback, noise_sampler, eta, s_noise)
     s_in = x.new_ones([x.shape[0]])
 
-    def sigma_fn(t):
-        return t.neg().exp()
-
-    def t_fn(sigma):
-        return sigma.log().neg()
-
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
@@ -338,12 +342,6 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, noise_sam
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None):
     """DPM-Solver++(2M) (Lu et al. 2022b): second-order multistep in log sigma, one call per step."""
     s_in = x.new_ones([x.shape[0]])
-
-    def sigma_fn(t):
-        return t.neg().exp()
-
-    def t_fn(sigma):
-        return sigma.log().neg()
 
     old_denoised = None
     for i in range(len(sigmas) - 1):
