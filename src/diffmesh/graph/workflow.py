@@ -6,15 +6,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 from diffmesh.errors import WorkflowError
-from diffmesh.nodes.base import InputSpec, as_env
+from diffmesh.graph.dynamic_prompts import expand
+from diffmesh.graph.subgraphs import BYPASSED, MUTED, VIRTUAL_NODES, Placed, Resolver, Scope, subgraph_scopes
+from diffmesh.nodes.base import WIDGET_TYPES, InputSpec, as_env
 
-VIRTUAL_NODES = frozenset({"Note", "MarkdownNote", "PrimitiveNode", "Reroute"})
-MUTED, BYPASSED = 2, 4
 SEED_NAMES = ("seed", "noise_seed")
 
 
@@ -70,6 +72,7 @@ def widget_names(inputs: list[InputSpec]) -> list[str | None]:
 
 
 def widget_values(node: dict, schema, env) -> dict[str, Any]:
+    """Widget name -> value of a UI node, from its `widgets_values` (raw values: lists unwrapped)."""
     values = node.get("widgets_values")
     result: dict[str, Any] = {}
     if isinstance(values, dict):                      # some node packs save widgets by name
@@ -78,18 +81,32 @@ def widget_values(node: dict, schema, env) -> dict[str, Any]:
                 result[spec.name] = values.get(spec.name, spec.default(env))
         return result
     values = values or []
-    for index, name in enumerate(widget_names(list(schema.inputs))):
+    for index, name in enumerate(_saved_widget_names(node, schema, len(values))):
         if name is None:
             continue
         spec = schema.input(name)
         if index < len(values) and values[index] is not None:
-            value = values[index]
-        elif spec.section == "optional":
-            continue            # e.g. diffmesh's `device` combo in a workflow saved by ComfyUI
-        else:
-            value = _default(spec, env)
-        result[name] = {"__value__": value} if isinstance(value, list) else value
+            result[name] = values[index]
+        elif spec.section != "optional":              # e.g. diffmesh's `device` combo in a ComfyUI workflow
+            result[name] = _default(spec, env)
     return result
+
+
+def _saved_widget_names(node: dict, schema, saved: int) -> list[str | None]:
+    """The names behind `widgets_values` positions. Frontends before the widget-socket rework
+    created a widget for a `forceInput` input and converted it to a socket at once, so its value
+    sits in `widgets_values` too; such a workflow shows it as an input with a `widget` field and
+    a list one value longer per such input."""
+    inputs = list(schema.inputs)
+    names = widget_names(inputs)
+    converted = {s.get("widget", {}).get("name") for s in node.get("inputs") or [] if isinstance(s.get("widget"), dict)}
+    forced = [s for s in inputs if s.options.get("forceInput") and (s.is_combo or s.type in WIDGET_TYPES)
+              and s.name in converted]
+    if not forced:
+        return names
+    legacy = widget_names([dataclasses.replace(s, options={k: v for k, v in s.options.items() if k != "forceInput"})
+                           if s in forced else s for s in inputs])
+    return legacy if saved >= len(legacy) > len(names) else names
 
 
 def _default(spec: InputSpec, env) -> Any:
@@ -99,110 +116,116 @@ def _default(spec: InputSpec, env) -> Any:
         return None             # a folder-listed combo without folders: validation reports it
 
 
-# -- links ---------------------------------------------------------------------------------------
-
-def _links(ui: dict) -> dict[int, tuple]:
-    links = {}
-    for link in ui.get("links") or []:
-        if isinstance(link, dict):                    # version-1 style
-            links[link["id"]] = (link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
-                                 link.get("type"))
-        elif isinstance(link, list) and len(link) >= 5:
-            links[link[0]] = (link[1], link[2], link[3], link[4], link[5] if len(link) > 5 else None)
-    return links
+def _boxed(value: Any) -> Any:
+    """List values are wrapped so the server does not read them as links (the frontend does this)."""
+    return {"__value__": value} if isinstance(value, list) else value
 
 
-def _compatible(a: Any, b: Any) -> bool:
-    return a == b or a == "*" or b == "*" or a in (None, "") or b in (None, "")
+def _meta(node: dict, title: str) -> dict:
+    """`_meta` as the frontend writes it: the title, and the node pack's registry ids when saved."""
+    meta = {"title": title}
+    properties = node.get("properties") or {}
+    for key in ("cnr_id", "aux_id", "ver"):
+        if isinstance(properties.get(key), str) and properties[key]:
+            meta[key] = properties[key]
+    return meta
 
 
-def _bypass_input(node: dict, slot: int, requested: Any) -> dict | None:
-    """The input of a bypassed node that stands in for its output `slot` (spec §7.3)."""
-    inputs = node.get("inputs") or []
-    outputs = node.get("outputs") or []
-    out_type = outputs[slot].get("type") if slot < len(outputs) else None
-    if slot < len(inputs):
-        candidate = inputs[slot]
-        if _compatible(candidate.get("type"), out_type) and _compatible(candidate.get("type"), requested):
-            return candidate
-    for candidate in inputs:
-        if candidate.get("type") == requested:
-            return candidate
-    for candidate in inputs:
-        if _compatible(candidate.get("type"), requested):
-            return candidate
-    return None
+class _Widgets:
+    """Widget values and specs of UI nodes, per node (the converter's and the resolver's view)."""
+
+    def __init__(self, registry, env, rng: random.Random):
+        self.registry = registry
+        self.env = env
+        self.rng = rng
+
+    def spec(self, node: dict, name: str) -> InputSpec | None:
+        definition = self.registry.get(node.get("type"))
+        return definition.schema.input(name) if definition else None
+
+    def own(self, node: dict) -> dict[str, Any]:
+        definition = self.registry.get(node.get("type"))
+        if definition:
+            return widget_values(node, definition.schema, self.env)
+        if isinstance(node.get("widgets_values"), list):     # unknown type: the sockets name the widgets
+            names = [i["widget"]["name"] for i in node.get("inputs") or [] if isinstance(i.get("widget"), dict)]
+            return dict(zip(names, node["widgets_values"]))
+        return {}
+
+    def value(self, placed: Placed, name: str) -> Any:
+        return self.own(placed.node).get(name)
+
+    def has_control(self, placed: Placed, name: str) -> bool:
+        spec = self.spec(placed.node, name)
+        return spec is not None and None in widget_names([spec])
+
+    def serialized(self, node: dict, name: str, value: Any) -> Any:
+        """A widget's value as the frontend queues it: dynamic prompts expanded where the spec asks."""
+        spec = self.spec(node, name)
+        if isinstance(value, str) and spec is not None and spec.options.get("dynamicPrompts"):
+            return expand(value, self.rng)
+        return value
 
 
 class _Converter:
-    def __init__(self, ui: dict, registry, env):
+    def __init__(self, ui: dict, registry, env, rng: random.Random):
         self.registry = registry
-        self.env = as_env(env)
-        self.nodes = {n["id"]: n for n in ui.get("nodes", [])}
-        self.links = _links(ui)
-        subgraphs = ((ui.get("definitions") or {}).get("subgraphs") or [])
-        self.subgraph_ids = {s.get("id") for s in subgraphs}
+        self.root = Scope.of(ui)
+        self.widgets = _Widgets(registry, as_env(env), rng)
+        self.resolver = Resolver(subgraph_scopes(ui), self.widgets)
 
-    def resolve(self, link_id: Any, requested: Any, depth: int = 0) -> tuple[str, Any] | None:
-        """("link", [id, slot]) or ("value", v) for the origin of `link_id`; None = drop the input."""
-        if link_id is None or link_id not in self.links or depth > 64:
-            return None
-        origin_id, origin_slot = self.links[link_id][:2]
-        origin = self.nodes.get(origin_id)
-        if origin is None:
-            return None
-        if origin.get("type") == "Reroute":
-            first = (origin.get("inputs") or [{}])[0]
-            return self.resolve(first.get("link"), requested, depth + 1)
-        if origin.get("type") == "PrimitiveNode":
-            values = origin.get("widgets_values") or []
-            return ("value", values[0]) if values else None
-        if origin.get("mode") == BYPASSED:
-            stand_in = _bypass_input(origin, origin_slot, requested)
-            return None if stand_in is None else self.resolve(stand_in.get("link"), requested, depth + 1)
-        return ("link", [str(origin_id), origin_slot])
-
-    def node_inputs(self, node: dict) -> dict[str, Any]:
-        definition = self.registry.get(node["type"])
-        inputs = widget_values(node, definition.schema, self.env) if definition else {}
-        if not definition and isinstance(node.get("widgets_values"), list):
-            names = [i["widget"]["name"] for i in node.get("inputs") or [] if i.get("widget")]
-            inputs.update(zip(names, node["widgets_values"]))
-        for socket in node.get("inputs") or []:
-            if socket.get("link") is None:
-                continue
-            resolved = self.resolve(socket["link"], socket.get("type"))
+    def node_inputs(self, placed: Placed) -> dict[str, Any]:
+        node = placed.node
+        inputs = {name: _boxed(self.widgets.serialized(node, name, value))
+                  for name, value in self.widgets.own(node).items()}
+        for index, socket in enumerate(placed.inputs):
+            resolved = self.resolver.resolve_input(placed, index)
             if resolved is None:
                 continue
             kind, value = resolved
-            if kind == "value":
-                inputs[socket["name"]] = {"__value__": value} if isinstance(value, list) else value
-            else:
-                inputs[socket["name"]] = value
+            if kind == "value" and self._from_primitive(placed, index):   # written into the widget first
+                value = self.widgets.serialized(node, socket["name"], value)
+            inputs[socket["name"]] = value if kind == "link" else _boxed(value)
         return inputs
+
+    def _from_primitive(self, placed: Placed, index: int) -> bool:
+        link = placed.scope.links.get(placed.inputs[index].get("link"))
+        origin = placed.scope.nodes.get(link[0]) if link else None
+        return origin is not None and origin.get("type") == "PrimitiveNode"
+
+    def executable(self) -> list[Placed]:
+        """Nodes in the order the frontend emits them: top level by `order`, instances expanded."""
+        placed: list[Placed] = []
+        for node in sorted(self.root.nodes.values(), key=lambda n: (n.get("order", 0), str(n["id"]))):
+            top = Placed(node, self.root)
+            if self.resolver.instance_scope(node) is None:
+                placed.append(top)
+            elif node.get("mode") not in (MUTED, BYPASSED):
+                placed += self.resolver.inner_nodes(top)
+        return [p for p in placed if p.node.get("type") not in VIRTUAL_NODES and p.node.get("mode") not in (MUTED, BYPASSED)]
 
     def convert(self) -> dict:
         prompt: dict[str, dict] = {}
-        ordered = sorted(self.nodes.values(), key=lambda n: (n.get("order", 0), n["id"]))
-        for node in ordered:
-            if node.get("type") in self.subgraph_ids:
-                raise WorkflowError(f"node {node['id']} is a subgraph; subgraphs are not supported yet",
-                                    fix="convert the subgraph back to nodes in the editor before exporting")
-            if node.get("type") in VIRTUAL_NODES or node.get("mode") in (MUTED, BYPASSED):
-                continue
+        for placed in self.executable():
+            node = placed.node
             definition = self.registry.get(node["type"])
             title = node.get("title") or (definition.schema.display_name if definition else node["type"])
-            prompt[str(node["id"])] = {"inputs": self.node_inputs(node), "class_type": node["type"],
-                                       "_meta": {"title": title}}
+            prompt[placed.id] = {"inputs": self.node_inputs(placed), "class_type": node["type"],
+                                 "_meta": _meta(node, title)}
         for entry in prompt.values():                 # links to nodes that were not emitted
             for name, value in list(entry["inputs"].items()):
-                if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and value[0] not in prompt:
+                if _is_link(value) and value[0] not in prompt:
                     del entry["inputs"][name]
         return prompt
 
 
-def ui_to_api(ui: dict, registry, env: Any = None) -> dict:
-    """Convert a UI workflow (litegraph JSON) to an API-format prompt, as the frontend does."""
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+
+
+def ui_to_api(ui: dict, registry, env: Any = None, rng: random.Random | None = None) -> dict:
+    """Convert a UI workflow (litegraph JSON) to an API-format prompt, as the frontend does.
+    `rng` draws the `{a|b}` dynamic-prompt choices (unseeded by default, as in the frontend)."""
     if detect_format(ui) != "ui":
         raise WorkflowError("ui_to_api needs a UI workflow with 'nodes' and 'links'")
-    return _Converter(ui, registry, env).convert()
+    return _Converter(ui, registry, env, rng or random.Random()).convert()
