@@ -25,6 +25,8 @@ def types_compatible(received: Any, expected: Any) -> bool:
     """ComfyUI's link type check: equal, `*`, combo outputs into combos, or comma-union overlap."""
     if received == expected or received == "*" or expected == "*":
         return True
+    if "COMFY_MATCHTYPE_V3" in (received, expected):     # matched by the frontend, as in ComfyUI
+        return True
     if isinstance(received, (list, tuple)) and (expected == "COMBO" or isinstance(expected, (list, tuple))):
         return True
     if not isinstance(received, str) or not isinstance(expected, str):
@@ -72,7 +74,7 @@ class _Validator:
         received_types: dict[str, Any] = {}
         errors: list[dict] = []
         valid = True
-        for spec in schema.inputs:
+        for spec in schema.live_inputs(inputs):
             name = spec.name
             info = spec.to_spec(self.env)
             if name not in inputs:

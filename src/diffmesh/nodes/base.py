@@ -42,6 +42,7 @@ class InputSpec:
     options: dict = field(default_factory=dict)
     choices: Choices | None = None
     section: str = "required"            # "required" | "optional"
+    v3: bool = False                     # declared in ComfyUI's V3 schema: /object_info always has options ({})
 
     @property
     def is_combo(self) -> bool:
@@ -59,7 +60,7 @@ class InputSpec:
     def to_spec(self, paths: Any) -> list:
         """The `[TYPE, options]` form of /object_info (`[TYPE]` without options)."""
         head: Any = self.combo_list(paths) if self.choices is not None else self.type
-        return [head, dict(self.options)] if self.options else [head]
+        return [head, dict(self.options)] if self.options or self.v3 else [head]
 
     def default(self, paths: Any) -> Any:
         """The value FE uses when a workflow lacks one (spec §7.2)."""
@@ -98,12 +99,24 @@ class NodeSchema:
     search_aliases: tuple[str, ...] = ()
     essentials_category: str | None = None    # the node library's Essentials tab
     dev_only: bool = False
+    output_matchtypes: tuple[str | None, ...] | None = None   # V3 MatchType outputs' template ids
 
     def input(self, name: str) -> InputSpec | None:
         for spec in self.inputs:
             if spec.name == name:
                 return spec
+        if "." in name:                  # an input a V3 dynamic input adds (`values.a`, `format.bit_depth`)
+            from diffmesh.nodes.dynamic_inputs import find
+            return find(self.inputs, name)
         return None
+
+    def live_inputs(self, values: dict) -> list[InputSpec]:
+        """The inputs a prompt entry with `values` has: V3 dynamic inputs (Autogrow, DynamicCombo)
+        expanded as ComfyUI expands them; the declared inputs otherwise."""
+        if not any(s.type in ("COMFY_AUTOGROW_V3", "COMFY_DYNAMICCOMBO_V3") for s in self.inputs):
+            return list(self.inputs)
+        from diffmesh.nodes.dynamic_inputs import expand
+        return expand(self.inputs, values)
 
     def section(self, section: str) -> list[InputSpec]:
         return [s for s in self.inputs if s.section == section]
@@ -142,6 +155,8 @@ class NodeSchema:
         }
         if self.output_tooltips is not None:
             info["output_tooltips"] = list(self.output_tooltips)
+        if self.output_matchtypes is not None:
+            info["output_matchtypes"] = list(self.output_matchtypes)
         if self.deprecated:
             info["deprecated"] = True
         if self.experimental:
