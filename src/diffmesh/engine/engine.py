@@ -126,6 +126,11 @@ class EngineScope:
     def encode_text(self, clip: ModelHandle, text: str) -> list:
         return self._call_once_retried(self.worker_for(clip), "encode_text", plain_handle(clip), text)
 
+    def encode_image(self, clip_vision: ModelHandle, image: torch.Tensor, crop: bool = True):
+        """CLIP-vision encoding on the text encoders' worker (as ComfyUI's text_encoder_device)."""
+        return self._call_once_retried(self.worker_for(clip_vision), "encode_image", plain_handle(clip_vision),
+                                       image, crop)
+
     def vae_decode(self, vae: ModelHandle, samples: torch.Tensor, tiling: dict | None = None) -> torch.Tensor:
         """Latents -> images; a batch is split over the scope's workers (each sample decodes alone)."""
         return self._vae_call("vae_decode", vae, samples, tiling)

@@ -70,6 +70,11 @@ class Worker:
     def encode_text(self, clip: ModelHandle, text: str, emit: Emit = _no_emit) -> list:
         return self._run(clip, lambda encoder: encoder.encode(text))
 
+    def encode_image(self, clip_vision: ModelHandle, image: torch.Tensor, crop: bool = True,
+                     emit: Emit = _no_emit):
+        """CLIPVisionEncode: (B,H,W,C) images -> `models.clip_vision.ClipVisionOutput` (CPU tensors)."""
+        return self._run(clip_vision, lambda encoder: encoder.encode_image(image, crop))
+
     def sample(self, model: ModelHandle, job, emit: Emit = _no_emit, group: str | None = None,
                sequence: dict | None = None) -> torch.Tensor:
         """Run a sampling job. A CFG-parallel half (`job.cfg_part`) exchanges through group `group`;

@@ -209,6 +209,10 @@ def build_clip(handle: ModelHandle, device: torch.device, dtype: torch.dtype, st
     from diffmesh.models.text.load import build_text_encoder, is_text_encoder_family
     from diffmesh.models.tokenizer import CLIPTokenizer
 
+    if handle.family == "clip_vision":          # CLIPVisionLoader / unCLIPCheckpointLoader's image encoder
+        from diffmesh.models.clip_vision import build_clip_vision
+
+        return build_clip_vision(handle, device, dtype, store)
     if is_text_encoder_family(handle.family):   # CLIPLoader / DualCLIPLoader types, transformer checkpoints
         return build_text_encoder(handle, device, dtype, store)
     family = handle.family or detect.detect_family(handle.path)

@@ -1,0 +1,124 @@
+"""Random-weight CLIP-vision encoders and style models for tests, in ComfyUI's on-disk layouts.
+
+Tiny CLIP-vision files keep the depth that tells their kind in ComfyUI (48 layers for ViT-bigG, 32
+for ViT-H, 24 for ViT-L) at width 32 (16 heads of 2), so detection runs through the real markers;
+the tiny SigLIP (no class token, 2 layers, 56 px) is read by its shapes. Layouts: "transformers"
+(`vision_model.*`, as ComfyUI's clip_vision files) or "open_clip" (`visual.*`; `embedder.model.visual.*`
+inside an unCLIP checkpoint). Every tensor comes from its own generator seeded from the key and seed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from diffmesh.errors import ModelError
+from diffmesh.models.testspecs import key_seed
+
+TINY_DEPTH = {"vit_g": 48, "vit_h": 32, "vit_l": 24, "siglip": 2}
+TINY = dict(width=32, inner=64, projection=16, patch=14)
+
+
+def _tensor(key: str, shape: tuple, kind: str, seed: int) -> torch.Tensor:
+    """kind "u": U(+-1/sqrt(fan_in)) (fan_in = last dim), "one": 1 + N(0, 0.05), "n": N(0, 0.02)."""
+    g = torch.Generator().manual_seed(key_seed(seed, key))
+    if kind == "one":
+        return 1.0 + 0.05 * torch.randn(shape, generator=g)
+    if kind == "n":
+        return 0.02 * torch.randn(shape, generator=g)
+    bound = 1.0 / (shape[-1] if len(shape) == 2 else max(1, int(torch.tensor(shape[1:]).prod()))) ** 0.5
+    return (torch.rand(shape, generator=g) * 2 - 1) * bound
+
+
+def _vision_spec(kind: str, image_size: int) -> dict[str, tuple]:
+    """transformers names -> (shape, init kind) of a tiny encoder of `kind`."""
+    w, inner, patch = TINY["width"], TINY["inner"], TINY["patch"]
+    siglip = kind == "siglip"
+    grid = (image_size // patch) ** 2
+    spec: dict[str, tuple] = {
+        "vision_model.embeddings.patch_embedding.weight": ((w, 3, patch, patch), "u"),
+        "vision_model.embeddings.position_embedding.weight": ((grid + (0 if siglip else 1), w), "n"),
+        "vision_model.post_layernorm.weight": ((w,), "one"), "vision_model.post_layernorm.bias": ((w,), "n")}
+    if siglip:
+        spec["vision_model.embeddings.patch_embedding.bias"] = ((w,), "n")
+    else:
+        spec.update({"vision_model.embeddings.class_embedding": ((w,), "n"),
+                     "vision_model.pre_layrnorm.weight": ((w,), "one"), "vision_model.pre_layrnorm.bias": ((w,), "n"),
+                     "visual_projection.weight": ((TINY["projection"], w), "u")})
+    for i in range(TINY_DEPTH[kind]):
+        base = f"vision_model.encoder.layers.{i}."
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            spec[f"{base}self_attn.{name}.weight"] = ((w, w), "u")
+            spec[f"{base}self_attn.{name}.bias"] = ((w,), "n")
+        for name in ("layer_norm1", "layer_norm2"):
+            spec[f"{base}{name}.weight"] = ((w,), "one")
+            spec[f"{base}{name}.bias"] = ((w,), "n")
+        spec.update({f"{base}mlp.fc1.weight": ((inner, w), "u"), f"{base}mlp.fc1.bias": ((inner,), "n"),
+                     f"{base}mlp.fc2.weight": ((w, inner), "u"), f"{base}mlp.fc2.bias": ((w,), "n")})
+    return spec
+
+
+def clip_vision_state_dict(kind: str = "vit_h", seed: int = 0, image_size: int | None = None) -> dict[str, torch.Tensor]:
+    """A tiny encoder in the transformers layout ComfyUI's clip_vision files use."""
+    if kind not in TINY_DEPTH:
+        raise ModelError(f"no tiny CLIP-vision model of kind {kind!r}", where="testmodels_vision",
+                         fix=f"use one of {sorted(TINY_DEPTH)}")
+    size = image_size or (56 if kind == "siglip" else 224)
+    return {k: _tensor(k, shape, init, seed) for k, (shape, init) in _vision_spec(kind, size).items()}
+
+
+def to_open_clip(sd: dict[str, torch.Tensor], prefix: str = "visual.") -> dict[str, torch.Tensor]:
+    """The same encoder in open_clip names (the inverse of ComfyUI's conversion)."""
+    renames = {"vision_model.embeddings.class_embedding": "class_embedding",
+               "vision_model.embeddings.patch_embedding.weight": "conv1.weight",
+               "vision_model.embeddings.position_embedding.weight": "positional_embedding",
+               "vision_model.pre_layrnorm.weight": "ln_pre.weight", "vision_model.pre_layrnorm.bias": "ln_pre.bias",
+               "vision_model.post_layernorm.weight": "ln_post.weight", "vision_model.post_layernorm.bias": "ln_post.bias"}
+    blocks = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+              "self_attn.out_proj": "attn.out_proj"}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if key in renames:
+            out[prefix + renames[key]] = value
+        elif key == "visual_projection.weight":
+            out[prefix + "proj"] = value.transpose(0, 1).contiguous()
+        elif key.startswith("vision_model.encoder.layers."):
+            index, rest = key[len("vision_model.encoder.layers."):].split(".", 1)
+            part, suffix = rest.rsplit(".", 1)
+            base = f"{prefix}transformer.resblocks.{index}."
+            if part in blocks:
+                out[f"{base}{blocks[part]}.{suffix}"] = value
+            elif part == "self_attn.q_proj":
+                q, k, v = (sd[key.replace("q_proj", n)] for n in ("q_proj", "k_proj", "v_proj"))
+                out[f"{base}attn.in_proj_{suffix}"] = torch.cat([q, k, v], dim=0)
+    return out
+
+
+def redux_state_dict(vision_width: int = TINY["width"], text_width: int = 64, seed: int = 3) -> dict[str, torch.Tensor]:
+    """A Flux Redux style model: redux_up (3 x text width, vision width), redux_down back to text width."""
+    shapes = {"redux_up.weight": ((3 * text_width, vision_width), "u"), "redux_up.bias": ((3 * text_width,), "n"),
+              "redux_down.weight": ((text_width, 3 * text_width), "u"), "redux_down.bias": ((text_width,), "n")}
+    return {k: _tensor(k, shape, init, seed) for k, (shape, init) in shapes.items()}
+
+
+def save(sd: dict[str, torch.Tensor], path: str | os.PathLike) -> str:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return str(path)
+
+
+def write_tiny_vision_models(models_dir: str | os.PathLike) -> dict[str, str]:
+    """clip_vision/{tiny_vit_h, tiny_vit_l, tiny_vit_g, tiny_siglip, tiny_open_clip_h}.safetensors and
+    style_models/tiny_redux.safetensors (text width 64: the tiny Flux's context width) under `models_dir`."""
+    root = Path(models_dir)
+    out = {f"clip_vision_{kind}": save(clip_vision_state_dict(kind), root / "clip_vision" / f"tiny_{kind}.safetensors")
+           for kind in TINY_DEPTH}
+    out["clip_vision_open_clip"] = save(to_open_clip(clip_vision_state_dict("vit_h")),
+                                        root / "clip_vision" / "tiny_open_clip_h.safetensors")
+    out["redux"] = save(redux_state_dict(), root / "style_models" / "tiny_redux.safetensors")
+    return out
