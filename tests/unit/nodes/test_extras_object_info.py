@@ -1,0 +1,101 @@
+"""/object_info of the comfy_extras nodes against ComfyUI's: the entries below were written out from
+ComfyUI's V3 schemas (comfy_api/latest/_io.py as_dict, get_v1_info) of July 2026, read from
+comfy_extras/nodes_logic.py, nodes_math.py, nodes_primitive.py, nodes_preview_any.py,
+nodes_resolution.py, nodes_images.py, nodes_post_processing.py and nodes_string.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffmesh.nodes import extras_images, extras_string
+from diffmesh.nodes.registry import build_registry
+
+MATCH = {"template_id": "switch", "allowed_types": "*"}
+COMFYUI = {
+    "ComfySwitchNode": ({"required": {"switch": ["BOOLEAN", {}], "on_false": ["COMFY_MATCHTYPE_V3", {"lazy": True, "template": MATCH}],
+                                      "on_true": ["COMFY_MATCHTYPE_V3", {"lazy": True, "template": MATCH}]}},
+                        ["COMFY_MATCHTYPE_V3"], ["output"], "utilities/logic"),
+    "ComfyMathExpression": ({"required": {
+        "expression": ["STRING", {"default": "a + b", "multiline": True}],
+        "values": ["COMFY_AUTOGROW_V3", {"template": {"input": {"required": {"value": ["FLOAT,INT,BOOLEAN", {}]}},
+                                                      "names": list("abcdefghijklmnopqrstuvwxyz"), "min": 1}}]}},
+        ["FLOAT", "INT", "BOOLEAN"], ["FLOAT", "INT", "BOOL"], "utilities"),
+    "PrimitiveInt": ({"required": {"value": ["INT", {"min": -9223372036854775807, "max": 9223372036854775807,
+                                                     "control_after_generate": "fixed"}]}}, ["INT"], ["INT"],
+                     "utilities/primitive"),
+    "PrimitiveFloat": ({"required": {"value": ["FLOAT", {"min": -9223372036854775807, "max": 9223372036854775807,
+                                                         "step": 0.1}]}}, ["FLOAT"], ["FLOAT"], "utilities/primitive"),
+    "PrimitiveStringMultiline": ({"required": {"value": ["STRING", {"multiline": True}]}}, ["STRING"], ["STRING"],
+                                 "utilities/primitive"),
+    "PrimitiveBoolean": ({"required": {"value": ["BOOLEAN", {}]}}, ["BOOLEAN"], ["BOOLEAN"], "utilities/primitive"),
+    "PreviewAny": ({"required": {"source": ["*", {}]}}, ["STRING"], ["STRING"], "utilities"),
+    "ResolutionSelector": ({"required": {
+        "aspect_ratio": ["COMBO", {"tooltip": "The aspect ratio for the output dimensions.", "default": "1:1 (Square)",
+                                   "multiselect": False, "options": [
+                                       "1:1 (Square)", "2:3 (Portrait Photo)", "3:2 (Photo)", "3:4 (Portrait Standard)",
+                                       "4:3 (Standard)", "9:16 (Portrait Widescreen)", "16:9 (Widescreen)",
+                                       "21:9 (Ultrawide)"]}],
+        "megapixels": ["FLOAT", {"tooltip": "Target total megapixels. 1.0 MP ≈ 1024x1024 for square.", "default": 1.0,
+                                 "min": 0.1, "max": 16.0, "step": 0.1}],
+        "multiple": ["INT", {"tooltip": "Nearest multiple of the result to set the selected resolution to.",
+                             "advanced": True, "default": 8, "min": 8, "max": 128, "step": 4}]}},
+        ["INT", "INT"], ["width", "height"], "utilities"),
+    "GetImageSize": ({"required": {"image": ["IMAGE", {}]}, "hidden": {"unique_id": "UNIQUE_ID"}},
+                     ["INT", "INT", "INT"], ["width", "height", "batch_size"], "image"),
+    "ImageFromBatch": ({"required": {"image": ["IMAGE", {}], "batch_index": ["INT", {"default": 0, "min": -16384, "max": 16384}],
+                                     "length": ["INT", {"default": 1, "min": 1, "max": 4096}]}},
+                       ["IMAGE"], ["IMAGE"], "image/batch"),
+    "BatchImagesNode": ({"required": {"images": ["COMFY_AUTOGROW_V3", {"template": {
+        "input": {"required": {"image": ["IMAGE", {}]}}, "prefix": "image", "min": 1, "max": 50}}]}},
+        ["IMAGE"], ["IMAGE"], "image/batch"),
+    "StringConcatenate": ({"required": {"string_a": ["STRING", {"multiline": True}], "string_b": ["STRING", {"multiline": True}],
+                                        "delimiter": ["STRING", {"default": "", "multiline": False}]}},
+                          ["STRING"], ["STRING"], "text"),
+    "RegexReplace": ({"required": {"string": ["STRING", {"multiline": True}], "regex_pattern": ["STRING", {"multiline": True}],
+                                   "replace": ["STRING", {"multiline": True}]},
+                      "optional": {"case_insensitive": ["BOOLEAN", {"advanced": True, "default": True}],
+                                   "multiline": ["BOOLEAN", {"advanced": True, "default": False}],
+                                   "dotall": ["BOOLEAN", {"tooltip": extras_string.DOTALL_TIP, "advanced": True, "default": False}],
+                                   "count": ["INT", {"tooltip": extras_string.COUNT_TIP, "advanced": True, "default": 0,
+                                                     "min": 0, "max": 100}]}},
+                     ["STRING"], ["STRING"], "text"),
+    "ManualSigmas": ({"required": {"sigmas": ["STRING", {"default": "1, 0.5", "multiline": False}]}},
+                     ["SIGMAS"], ["SIGMAS"], "model/sampling/sigmas"),
+}
+SAVE_FORMAT = ["COMFY_DYNAMICCOMBO_V3", {"tooltip": "The file format in which to save the image.", "options": [
+    {"key": "png", "inputs": {"required": {
+        "bit_depth": ["COMBO", {"advanced": True, "default": "8-bit", "multiselect": False, "options": ["8-bit", "16-bit"]}],
+        "input_color_space": ["COMBO", {"advanced": True, "default": "sRGB", "multiselect": False, "options": ["sRGB"]}]}}},
+    {"key": "exr", "inputs": {"required": {
+        "bit_depth": ["COMBO", {"advanced": True, "default": "32-bit float", "multiselect": False,
+                                "options": ["32-bit float"]}],
+        "input_color_space": ["COMBO", {"tooltip": extras_images.EXR_COLOR_TOOLTIP, "advanced": True, "default": "sRGB",
+                                        "multiselect": False, "options": ["sRGB", "HDR", "linear"]}]}}}]}]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return build_registry()
+
+
+@pytest.mark.parametrize("name", sorted(COMFYUI))
+def test_object_info_inputs_and_outputs_are_comfyuis(registry, name):
+    inputs, output, output_name, category = COMFYUI[name]
+    info = registry[name].schema.to_object_info(None)
+    assert info["input"] == inputs
+    assert info["input_order"] == {section: list(value) for section, value in inputs.items()}
+    assert (info["output"], info["output_name"], info["category"]) == (output, output_name, category)
+
+
+def test_switch_declares_its_matchtype_output_and_is_experimental(registry):
+    info = registry["ComfySwitchNode"].schema.to_object_info(None)
+    assert info["output_matchtypes"] == ["switch"] and info["experimental"] is True
+    assert info["display_name"] == "If/Else Switch" and info["python_module"] == "comfy_extras.nodes_logic"
+
+
+def test_save_image_advanced_has_comfyuis_dynamic_format_combo(registry):
+    info = registry["SaveImageAdvanced"].schema.to_object_info(None)
+    assert info["input"]["required"]["format"] == SAVE_FORMAT
+    assert info["input"]["hidden"] == {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+    assert info["output_node"] is True and info["output_name"] == ["images"]
+
