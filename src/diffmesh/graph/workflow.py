@@ -99,6 +99,11 @@ def _saved_widget_names(node: dict, schema, saved: int) -> list[str | None]:
     a list one value longer per such input."""
     inputs = list(schema.inputs)
     names = widget_names(inputs)
+    dynamic = [s.name for s in inputs if s.type == "COMFY_DYNAMICCOMBO_V3" and s.name in names]
+    if dynamic and isinstance(node.get("widgets_values"), list):    # V3 DynamicCombo: the selected
+        values = node["widgets_values"]                             # option's widgets follow its value
+        inputs = schema.live_inputs({n: values[names.index(n)] for n in dynamic if names.index(n) < len(values)})
+        names = widget_names(inputs)
     converted = {s.get("widget", {}).get("name") for s in node.get("inputs") or [] if isinstance(s.get("widget"), dict)}
     forced = [s for s in inputs if s.options.get("forceInput") and (s.is_combo or s.type in WIDGET_TYPES)
               and s.name in converted]

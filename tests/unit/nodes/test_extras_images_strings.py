@@ -126,3 +126,25 @@ def test_regex_nodes():
 def test_manual_sigmas_parses_numbers():
     (sigmas,) = st.manual_sigmas(None, "1, 0.5, .25,-0.0")
     assert sigmas.tolist() == [1.0, 0.5, 0.25, -0.0]
+
+
+def test_ui_workflow_with_save_image_advanced_converts_its_format_widgets(tmp_path):
+    from diffmesh.graph.validate import validate_prompt
+    from diffmesh.graph.workflow import ui_to_api
+    from diffmesh.nodes.registry import build_registry
+
+    registry = build_registry()
+    ui = {"nodes": [
+        {"id": 1, "type": "EmptyImage", "mode": 0, "widgets_values": [8, 8, 1, 0],
+         "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}]},
+        {"id": 2, "type": "SaveImageAdvanced", "mode": 0, "widgets_values": ["front", "png", "16-bit", "sRGB"],
+         "inputs": [{"name": "images", "type": "IMAGE", "link": 1}]}],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"]]}
+    prompt = ui_to_api(ui, registry, Paths.build(tmp_path))
+    assert prompt["2"]["inputs"] == {"filename_prefix": "front", "format": "png", "format.bit_depth": "16-bit",
+                                     "format.input_color_space": "sRGB", "images": ["1", 0]}
+    ok, error, outputs, _ = validate_prompt(prompt, registry, Paths.build(tmp_path))
+    assert ok and outputs == ["2"], error
+    prompt["2"]["inputs"]["format.bit_depth"] = "32-bit float"          # an exr option under png
+    ok, _, _, node_errors = validate_prompt(prompt, registry, Paths.build(tmp_path))
+    assert not ok and node_errors["2"]["errors"][0]["type"] == "value_not_in_list"
