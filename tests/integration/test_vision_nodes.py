@@ -1,0 +1,158 @@
+"""Vision conditioning nodes through the real runtime (in-process CPU worker) on tiny random files:
+CLIPVisionLoader -> CLIPVisionEncode on a loaded image, StyleModelLoader -> StyleModelApply (Flux Redux)
+on a tiny Flux workflow that samples and decodes, unCLIPConditioning's data, and the /object_info
+schemas of ComfyUI's nodes.py for each node."""
+
+import argparse
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffmesh.models.testmodels import make_test_model
+from diffmesh.models.testmodels_vision import write_tiny_vision_models
+from diffmesh.runtime import Runtime
+
+
+@pytest.fixture(scope="module")
+def runtime(models_base, tmp_path_factory):
+    base = tmp_path_factory.mktemp("vision-nodes")
+    models = base / "models"
+    for folder, name in (("diffusion_models", "tiny-flux-dev.safetensors"), ("vae", "tiny-flux-ae.safetensors"),
+                         ("checkpoints", "tiny-sd1.safetensors")):
+        (models / folder).mkdir(parents=True, exist_ok=True)
+        os.link(models_base / "models" / folder / name, models / folder / name)
+    make_test_model("clip_l", "tiny", models / "text_encoders" / "tiny-clip-l.safetensors")
+    make_test_model("t5xxl", "tiny", models / "text_encoders" / "tiny-t5xxl.safetensors")
+    write_tiny_vision_models(models)
+    (base / "input").mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (72, 96, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(base / "input" / "photo.png")
+    rt = Runtime.build(argparse.Namespace(base_directory=str(base), models_dir=str(models), cpu=True))
+    yield rt
+    rt.close()
+
+
+def run(runtime, prompt, node, slot=0):
+    """Run what `node` needs (as a partial execution would) and return its output."""
+    result = runtime.executor.execute(prompt, "t", {}, None, outputs_to_execute=[node])
+    assert result.status == "success", result.error or result.validation_error or result.node_errors
+    return runtime.executor.cache.get(node).outputs[slot][0]
+
+
+def vision(clip_name="tiny_siglip.safetensors", crop="center") -> dict:
+    return {"20": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+            "21": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": clip_name}},
+            "22": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["21", 0], "image": ["20", 0],
+                                                                "crop": crop}}}
+
+
+def flux(style: dict | None = None) -> dict:
+    wf = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-flux-dev.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "tiny-clip-l.safetensors",
+                                                         "clip_name2": "tiny-t5xxl.safetensors", "type": "flux"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "a red fox"}},
+        "4": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["3", 0], "guidance": 3.5}},
+        "5": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["3", 0]}},
+        "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 42, "steps": 2, "cfg": 1.0,
+                                                   "sampler_name": "euler", "scheduler": "simple",
+                                                   "positive": ["4", 0], "negative": ["5", 0],
+                                                   "latent_image": ["6", 0], "denoise": 1.0}},
+        "8": {"class_type": "VAELoader", "inputs": {"vae_name": "tiny-flux-ae.safetensors"}},
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["8", 0]}},
+        "10": {"class_type": "PreviewImage", "inputs": {"images": ["9", 0]}},
+    }
+    if style is not None:
+        wf.update(vision())
+        wf["23"] = {"class_type": "StyleModelLoader", "inputs": {"style_model_name": "tiny_redux.safetensors"}}
+        wf["24"] = {"class_type": "StyleModelApply", "inputs": {"conditioning": ["3", 0], "style_model": ["23", 0],
+                                                                "clip_vision_output": ["22", 0], **style}}
+        wf["4"]["inputs"]["conditioning"] = ["24", 0]
+    return wf
+
+
+def test_clip_vision_encode_of_a_loaded_image_has_comfyuis_fields(runtime):
+    centre = run(runtime, vision("tiny_vit_h.safetensors"), "22")
+    assert centre.image_embeds.shape == (1, 16) and centre.last_hidden_state.shape == (1, 257, 32)
+    assert centre["penultimate_hidden_states"].shape == (1, 257, 32) and centre["mm_projected"] is None
+    squashed = run(runtime, vision("tiny_vit_h.safetensors", crop="none"), "22")
+    assert not torch.allclose(centre.image_embeds, squashed.image_embeds)
+
+
+def test_redux_appends_the_image_tokens_and_the_flux_workflow_samples(runtime):
+    text = run(runtime, flux(), "3")
+    styled = run(runtime, flux({"strength": 0.5, "strength_type": "multiply"}), "24")
+    rows = text[0][0].shape[1]
+    assert styled[0][0].shape == (1, rows + 16, 64)            # 16 SigLIP tokens of the tiny 56 px encoder
+    assert torch.equal(styled[0][0][:, :rows], text[0][0])
+    full = run(runtime, flux({"strength": 1.0, "strength_type": "multiply"}), "24")
+    assert torch.allclose(styled[0][0][:, rows:], 0.5 * full[0][0][:, rows:], atol=1e-6)
+    plain_image = run(runtime, flux(), "9")
+    styled_image = run(runtime, flux({"strength": 1.0, "strength_type": "multiply"}), "9")
+    assert styled_image.shape == (1, 64, 64, 3) and torch.isfinite(styled_image).all()
+    assert not torch.allclose(plain_image, styled_image)
+
+
+def test_redux_attn_bias_builds_comfyuis_attention_mask(runtime):
+    styled = run(runtime, flux({"strength": 0.5, "strength_type": "attn_bias"}), "24")
+    cond, options = styled[0]
+    rows = cond.shape[1] - 16
+    mask = options["attention_mask"]
+    assert mask.shape == (1, rows + 17, rows + 17) and mask.dtype == torch.float16
+    assert options["attention_mask_img_shape"] == (1, 1)
+    bias = float(torch.log(torch.tensor(0.5)).half())
+    assert torch.all(mask[:, :rows, rows:rows + 16] == bias) and torch.all(mask[:, rows + 16:, rows:rows + 16] == bias)
+    assert torch.all(mask[:, :, :rows] == 0) and torch.all(mask[:, rows:rows + 16, rows:rows + 16] == 0)
+    untouched = run(runtime, flux({"strength": 1.0, "strength_type": "attn_bias"}), "24")[0][1]
+    assert "attention_mask" not in untouched
+
+
+def test_unclip_conditioning_appends_an_entry_per_node(runtime):
+    wf = {**vision("tiny_vit_h.safetensors"),
+          "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1.safetensors"}},
+          "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a cat"}},
+          "3": {"class_type": "unCLIPConditioning", "inputs": {"conditioning": ["2", 0], "clip_vision_output": ["22", 0],
+                                                               "strength": 0.8, "noise_augmentation": 0.1}},
+          "4": {"class_type": "unCLIPConditioning", "inputs": {"conditioning": ["3", 0], "clip_vision_output": ["22", 0],
+                                                               "strength": 0.0, "noise_augmentation": 0.3}},
+          "5": {"class_type": "unCLIPConditioning", "inputs": {"conditioning": ["4", 0], "clip_vision_output": ["22", 0],
+                                                               "strength": -1.5, "noise_augmentation": 0.2}}}
+    out = run(runtime, wf, "5")
+    entries = out[0][1]["unclip_conditioning"]
+    assert [(e["strength"], e["noise_augmentation"]) for e in entries] == [(0.8, 0.1), (-1.5, 0.2)]
+    assert entries[0]["clip_vision_output"].image_embeds.shape == (1, 16)
+
+
+EXPECTED_SCHEMAS = {
+    "CLIPVisionLoader": ({"required": {"clip_name": [["tiny_open_clip_h.safetensors", "tiny_siglip.safetensors",
+                                                      "tiny_vit_g.safetensors", "tiny_vit_h.safetensors",
+                                                      "tiny_vit_l.safetensors"]]}},
+                         ["CLIP_VISION"], "loaders"),
+    "CLIPVisionEncode": ({"required": {"clip_vision": ["CLIP_VISION"], "image": ["IMAGE"],
+                                       "crop": [["center", "none"]]}}, ["CLIP_VISION_OUTPUT"], "conditioning"),
+    "StyleModelLoader": ({"required": {"style_model_name": [["tiny_redux.safetensors"]]}}, ["STYLE_MODEL"], "loaders"),
+    "StyleModelApply": ({"required": {"conditioning": ["CONDITIONING"], "style_model": ["STYLE_MODEL"],
+                                      "clip_vision_output": ["CLIP_VISION_OUTPUT"],
+                                      "strength": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.001}],
+                                      "strength_type": [["multiply", "attn_bias"]]}},
+                        ["CONDITIONING"], "conditioning/style_model"),
+    "unCLIPCheckpointLoader": ({"required": {"ckpt_name": [["tiny-sd1.safetensors"]]}},
+                               ["MODEL", "CLIP", "VAE", "CLIP_VISION"], "loaders"),
+    "unCLIPConditioning": ({"required": {"conditioning": ["CONDITIONING"], "clip_vision_output": ["CLIP_VISION_OUTPUT"],
+                                         "strength": ["FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}],
+                                         "noise_augmentation": ["FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0,
+                                                                          "step": 0.01}]}},
+                           ["CONDITIONING"], "conditioning"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_SCHEMAS))
+def test_object_info_matches_comfyuis_nodes_py(runtime, name):
+    inputs, outputs, category = EXPECTED_SCHEMAS[name]
+    info = runtime.registry.object_info(runtime.paths)[name]
+    assert info["input"] == inputs and info["output"] == outputs and info["category"] == category
+    assert info["output_name"] == outputs and info["python_module"] == "nodes"
