@@ -10,7 +10,7 @@ includes loading the file.
     python bench/dit.py                              # flux, 2 threads, sizes 256 and 1024
     python bench/dit.py --families flux zimage qwenimage --sizes 256
     python bench/dit.py --threads 1 --sizes 256 --steps 4 --out bench/results/dit-1thread.json
-    python bench/dit.py --comfyui ~/ComfyUI         # also ComfyUI's Flux module, same weights and inputs
+    python bench/dit.py --comfyui ~/ComfyUI         # also ComfyUI itself (UNETLoader path, comfy.sample), same inputs
 
 Output: one JSON document on stdout and in bench/results/dit.json (or --out), next to ComfyUI
 0.8.0's figures for the 256x256 reference run (reference README: KSampler 10.1 s for 4 steps,
@@ -107,9 +107,11 @@ def run_one(size: int, steps: int, threads: int, family: str = "flux") -> dict:
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB, 3)}
 
 
-def run_comfyui(size: int, steps: int, threads: int, comfy_dir: str) -> dict:
-    """ComfyUI's own Flux module (a checkout at `comfy_dir`, imported as run_dit_reference.py does) on the
-    same weights and inputs, `steps` forward passes at `size`: a same-machine, same-moment comparison."""
+def run_comfyui(size: int, steps: int, threads: int, comfy_dir: str, family: str = "flux") -> dict:
+    """ComfyUI's own code on the same weights and inputs: `comfy.sd.load_diffusion_model` (UNETLoader),
+    the family's ModelSampling patch node, `comfy.sample.sample` with euler/simple and the same
+    conditioning tensors and cfg as `run_one`; per-step times from the sampler callback. A checkout at
+    `comfy_dir` with its Python dependencies importable (PYTHONPATH) is the caller's business."""
     import torch
 
     sys.argv = [sys.argv[0], "--cpu"]
@@ -117,30 +119,30 @@ def run_comfyui(size: int, steps: int, threads: int, comfy_dir: str) -> dict:
     import comfy.options
 
     comfy.options.enable_args_parsing()
-    import comfy.ldm.flux.model as flux_model
-    import comfy.ops
-    from safetensors.torch import load_file
-
-    from diffmesh.models.dit.flux import config as flux_config
+    import comfy.sample
+    import comfy.sd
+    import comfy_extras.nodes_model_advanced as nma
 
     torch.set_num_threads(threads)
+    sampling, cfg, positive, negative, latent = _workload(family, size)
     start = time.perf_counter()
-    sd = load_file(str(MODEL))
-    cfg = flux_config({k: tuple(v.shape) for k, v in sd.items()})
-    with torch.device("meta"):
-        net = flux_model.Flux(dtype=torch.float32, operations=comfy.ops.disable_weight_init, **cfg)
-    net.load_state_dict(sd, assign=True)
+    model = comfy.sd.load_diffusion_model(str(MODEL.parent / FILES[family]))
     load_s = time.perf_counter() - start
-    g = torch.Generator().manual_seed(0)
-    context, pooled = torch.randn(1, 256, 4096, generator=g), torch.randn(1, 768, generator=g)
-    x = torch.randn(1, 16, size // 8, size // 8, generator=g)
+    if family == "flux":
+        model = nma.ModelSamplingFlux().patch(model, 1.15, 0.5, size, size)[0]
+    else:
+        model = nma.ModelSamplingAuraFlow().patch_aura(model, sampling[1])[0]
+    if family == "zimage":  # the reference run's conditioning carries the caption's attention mask
+        positive = negative = [[positive[0][0], {"attention_mask": torch.ones(1, positive[0][0].shape[1], dtype=torch.long)}]]
+    noise = comfy.sample.prepare_noise(comfy.sample.fix_empty_latent_channels(model, latent), 42)
     marks = [(time.perf_counter(), time.process_time())]
-    with torch.inference_mode():
-        for i in range(steps):
-            net(x, torch.tensor([1.0 - i / steps]), context, y=pooled, guidance=torch.tensor([3.5]))
-            marks.append((time.perf_counter(), time.process_time()))
+    comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", positive, negative, latent,
+                        callback=lambda *args: marks.append((time.perf_counter(), time.process_time())),
+                        disable_pbar=True, seed=42)
+    marks = marks[:1] + marks[-steps:]  # one callback per step
     per_step = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
-    return {"size": size, "steps": steps, "threads": threads, "implementation": "ComfyUI Flux module",
+    return {"family": family, "size": size, "steps": steps, "threads": threads,
+            "implementation": "ComfyUI (load_diffusion_model + comfy.sample.sample)",
             "load_s": round(load_s, 3), "per_step_s": [round(t, 3) for t in per_step],
             "mean_step_s": round(sum(per_step) / len(per_step), 3),
             "cpu_s_per_step": [round(b[1] - a[1], 3) for a, b in zip(marks, marks[1:])],
@@ -155,13 +157,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "dit.json"))
     ap.add_argument("--comfyui", default=None, metavar="DIR",
-                    help="also time ComfyUI's Flux module from this checkout, alternating with ours")
+                    help="also time ComfyUI from this checkout on the same inputs, alternating with ours")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-comfyui", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-family", default="flux", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child is not None:
-        run = run_comfyui(a.child, a.steps, a.threads, a.child_comfyui) if a.child_comfyui else \
+        run = run_comfyui(a.child, a.steps, a.threads, a.child_comfyui, a.child_family) if a.child_comfyui else \
             run_one(a.child, a.steps, a.threads, a.child_family)
         print(json.dumps(run))
         return 0
@@ -170,7 +172,7 @@ def main() -> int:
         _ensure_model(family)
         for size in a.sizes:
             steps = a.steps or (4 if size <= 256 else 2)
-            comfys = [None, a.comfyui] if a.comfyui and family == "flux" else [None]
+            comfys = [None, a.comfyui] if a.comfyui else [None]
             for comfy in comfys:
                 extra = ["--child-comfyui", comfy] if comfy else []
                 out = subprocess.run([sys.executable, __file__, "--child", str(size), "--steps", str(steps),
