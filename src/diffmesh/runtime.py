@@ -41,6 +41,12 @@ def cache_policy(ns: argparse.Namespace) -> tuple[str, int | None]:
     return "classic", None
 
 
+def _main_device(engine: Any) -> str:
+    """The torch device of the first worker ("cpu", "cuda:0"): what custom nodes call the device."""
+    infos = list(engine.infos.values())
+    return str(infos[0].device) if infos else "cpu"
+
+
 @dataclass
 class Runtime:
     paths: Paths
@@ -49,9 +55,12 @@ class Runtime:
     engine: Any
     registry: Any
     executor: Any                 # the PromptExecutor (what the server calls `runtime.executor`)
+    custom_nodes: Any = None      # nodes.custom.LoadReport: the packs, their compatibility layer
 
     @classmethod
-    def build(cls, args: Any = None, *, paths: Paths | None = None) -> "Runtime":
+    def build(cls, args: Any = None, *, paths: Paths | None = None, pack_server: Any = None) -> "Runtime":
+        """`pack_server` (diffmesh.compat.PackServer) is the server's; it receives the packs'
+        routes and web folders."""
         from diffmesh.config.devices import DeviceConfig
         from diffmesh.engine.options import build_engine
         from diffmesh.graph.executor import PromptExecutor
@@ -66,8 +75,9 @@ class Runtime:
         try:
             device_names = engine.device_names()
             registry = build_registry()
-            load_into(registry, paths, getattr(ns, "custom_nodes_dir", None),
-                      bool(getattr(ns, "disable_all_custom_nodes", False)))
+            report = load_into(registry, paths, getattr(ns, "custom_nodes_dir", None),
+                               bool(getattr(ns, "disable_all_custom_nodes", False)), pack_server=pack_server,
+                               device=_main_device(engine))
             registry.device_names = tuple(device_names)
             policy, size = cache_policy(ns)
             options = {"disable_metadata": bool(getattr(ns, "disable_metadata", False)),
@@ -77,7 +87,7 @@ class Runtime:
         except BaseException:
             backend.shutdown()
             raise
-        return cls(paths, device_config, backend, engine, registry, executor)
+        return cls(paths, device_config, backend, engine, registry, executor, report)
 
     def close(self) -> None:
         self.backend.shutdown()

@@ -1,6 +1,7 @@
 """Vision conditioning nodes through the real runtime (in-process CPU worker) on tiny random files:
 CLIPVisionLoader -> CLIPVisionEncode on a loaded image, StyleModelLoader -> StyleModelApply (Flux Redux)
-on a tiny Flux workflow that samples and decodes, unCLIPConditioning's data, and the /object_info
+on a tiny Flux workflow that samples and decodes, unCLIPConditioning's data, GLIGENTextBoxApply's box
+entries (and the error sampling them gives: the UNet does not run GLIGEN yet), and the /object_info
 schemas of ComfyUI's nodes.py for each node."""
 
 import argparse
@@ -127,7 +128,53 @@ def test_unclip_conditioning_appends_an_entry_per_node(runtime):
     assert entries[0]["clip_vision_output"].image_embeds.shape == (1, 16)
 
 
+def gligen_boxes(boxes: list[tuple]) -> dict:
+    wf = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1.safetensors"}},
+          "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a park"}},
+          "30": {"class_type": "GLIGENLoader", "inputs": {"gligen_name": "tiny_gligen.safetensors"}}}
+    source = ["2", 0]
+    for i, (text, width, height, x, y) in enumerate(boxes):
+        wf[str(31 + i)] = {"class_type": "GLIGENTextBoxApply",
+                           "inputs": {"conditioning_to": source, "clip": ["1", 1], "gligen_textbox_model": ["30", 0],
+                                      "text": text, "width": width, "height": height, "x": x, "y": y}}
+        source = [str(31 + i), 0]
+    return wf
+
+
+def test_gligen_text_boxes_accumulate_comfyuis_position_entries(runtime):
+    wf = gligen_boxes([("a dog", 64, 40, 8, 16), ("a ball", 20, 16, 30, 0)])
+    wf["3"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a dog"}}
+    out = run(runtime, wf, "32")
+    kind, model, boxes = out[0][1]["gligen"]
+    assert kind == "position" and model.key_dim == 32 and model.fusers == 1
+    # (pooled text, height // 8, width // 8, y // 8, x // 8) per box, in the order the nodes ran
+    assert [b[1:] for b in boxes] == [(5, 8, 2, 1), (2, 2, 0, 3)]
+    dog = run(runtime, wf, "3")[0][1]["pooled_output"]
+    assert boxes[0][0].shape == (1, 32) and torch.equal(boxes[0][0], dog)
+    assert not torch.equal(boxes[1][0], dog)
+
+
+def test_sampling_gligen_boxes_stops_with_a_message_naming_the_node(runtime):
+    wf = gligen_boxes([("a dog", 64, 64, 0, 0)])
+    wf.update({"4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+               "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 1, "steps": 1, "cfg": 7.0,
+                                                          "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+                                                          "positive": ["31", 0], "negative": ["2", 0],
+                                                          "latent_image": ["4", 0]}}})
+    result = runtime.executor.execute(wf, "g", {}, None, outputs_to_execute=["5"])
+    assert result.status == "error"
+    assert "GLIGENTextBoxApply" in str(result.error) and "not run yet" in str(result.error)
+
+
 EXPECTED_SCHEMAS = {
+    "GLIGENLoader": ({"required": {"gligen_name": [["tiny_gligen.safetensors"]]}}, ["GLIGEN"], "loaders"),
+    "GLIGENTextBoxApply": ({"required": {
+        "conditioning_to": ["CONDITIONING"], "clip": ["CLIP"], "gligen_textbox_model": ["GLIGEN"],
+        "text": ["STRING", {"multiline": True, "dynamicPrompts": True}],
+        "width": ["INT", {"default": 64, "min": 8, "max": 16384, "step": 8}],
+        "height": ["INT", {"default": 64, "min": 8, "max": 16384, "step": 8}],
+        "x": ["INT", {"default": 0, "min": 0, "max": 16384, "step": 8}],
+        "y": ["INT", {"default": 0, "min": 0, "max": 16384, "step": 8}]}}, ["CONDITIONING"], "conditioning/gligen"),
     "CLIPVisionLoader": ({"required": {"clip_name": [["tiny_open_clip_h.safetensors", "tiny_siglip.safetensors",
                                                       "tiny_vit_g.safetensors", "tiny_vit_h.safetensors",
                                                       "tiny_vit_l.safetensors"]]}},

@@ -8,6 +8,7 @@ small tensors, so calls can cross process boundaries.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Callable
 
@@ -101,9 +102,25 @@ class Worker:
             emit({"type": "progress", "value": step, "max": total, "x0": x0})
 
         def run(unet):
-            return run_sample_job(unet if shard is None else SequenceModel(unet, shard), job, on_step)
+            with self._control_networks(job) as networks:
+                return run_sample_job(unet if shard is None else SequenceModel(unet, shard), job, on_step,
+                                      control_networks=networks)
 
         return self._run(model, run)
+
+    @contextlib.contextmanager
+    def _control_networks(self, job):
+        """The ControlNets the job's conditioning uses, held on this device while it samples."""
+        from diffmesh.models.controlnet import build_controlnet
+        from diffmesh.sampling.control import control_refs
+
+        with contextlib.ExitStack() as stack:
+            networks = {}
+            for ref in control_refs((job.positive, job.negative)):
+                def build(device, dtype, ref=ref):
+                    return build_controlnet(ref, device, dtype, self.weights)
+                networks[ref] = stack.enter_context(self.memory.use(ref, build))
+            yield networks
 
     def _sequence_shard(self, sequence: dict):
         from diffmesh.parallel.sequence import SequenceShard

@@ -103,6 +103,29 @@ def redux_state_dict(vision_width: int = TINY["width"], text_width: int = 64, se
     return {k: _tensor(k, shape, init, seed) for k, (shape, init) in shapes.items()}
 
 
+def gligen_state_dict(text_width: int = 32, query_dim: int = 32, seed: int = 5) -> dict[str, torch.Tensor]:
+    """A GLIGEN file for the tiny SD1 UNet: the position net (ComfyUI's 512-wide MLP over pooled text +
+    8 Fourier frequencies x 2 x 4 box coordinates) and one gated self-attention fuser."""
+    position = 8 * 2 * 4
+    shapes: dict[str, tuple] = {
+        "position_net.linears.0.weight": ((512, text_width + position), "u"), "position_net.linears.0.bias": ((512,), "n"),
+        "position_net.linears.2.weight": ((512, 512), "u"), "position_net.linears.2.bias": ((512,), "n"),
+        "position_net.linears.4.weight": ((text_width, 512), "u"), "position_net.linears.4.bias": ((text_width,), "n"),
+        "position_net.null_positive_feature": ((text_width,), "n"),
+        "position_net.null_position_feature": ((position,), "n")}
+    fuser = "input_blocks.1.1.transformer_blocks.0.fuser."
+    for name, shape in (("linear.weight", (query_dim, text_width)), ("linear.bias", (query_dim,)),
+                        ("attn.to_q.weight", (query_dim, query_dim)), ("attn.to_k.weight", (query_dim, query_dim)),
+                        ("attn.to_v.weight", (query_dim, query_dim)), ("attn.to_out.0.weight", (query_dim, query_dim)),
+                        ("attn.to_out.0.bias", (query_dim,)), ("ff.net.0.proj.weight", (8 * query_dim, query_dim)),
+                        ("ff.net.0.proj.bias", (8 * query_dim,)), ("ff.net.2.weight", (query_dim, 4 * query_dim)),
+                        ("ff.net.2.bias", (query_dim,)), ("norm1.weight", (query_dim,)), ("norm1.bias", (query_dim,)),
+                        ("norm2.weight", (query_dim,)), ("norm2.bias", (query_dim,)), ("alpha_attn", (1,)),
+                        ("alpha_dense", (1,))):
+        shapes[fuser + name] = (shape, "u" if len(shape) == 2 else "n")
+    return {k: _tensor(k, shape, init, seed) for k, (shape, init) in shapes.items()}
+
+
 def save(sd: dict[str, torch.Tensor], path: str | os.PathLike) -> str:
     from safetensors.torch import save_file
 
@@ -114,11 +137,13 @@ def save(sd: dict[str, torch.Tensor], path: str | os.PathLike) -> str:
 
 def write_tiny_vision_models(models_dir: str | os.PathLike) -> dict[str, str]:
     """clip_vision/{tiny_vit_h, tiny_vit_l, tiny_vit_g, tiny_siglip, tiny_open_clip_h}.safetensors and
-    style_models/tiny_redux.safetensors (text width 64: the tiny Flux's context width) under `models_dir`."""
+    style_models/tiny_redux.safetensors (text width 64: the tiny Flux's context width) and
+    gligen/tiny_gligen.safetensors (for the tiny SD1: text width 32) under `models_dir`."""
     root = Path(models_dir)
     out = {f"clip_vision_{kind}": save(clip_vision_state_dict(kind), root / "clip_vision" / f"tiny_{kind}.safetensors")
            for kind in TINY_DEPTH}
     out["clip_vision_open_clip"] = save(to_open_clip(clip_vision_state_dict("vit_h")),
                                         root / "clip_vision" / "tiny_open_clip_h.safetensors")
     out["redux"] = save(redux_state_dict(), root / "style_models" / "tiny_redux.safetensors")
+    out["gligen"] = save(gligen_state_dict(), root / "gligen" / "tiny_gligen.safetensors")
     return out

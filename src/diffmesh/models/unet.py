@@ -43,9 +43,14 @@ class UNetModel(DeviceAndDtype, nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                **extra: torch.Tensor) -> torch.Tensor:
-        """Raw eps/v prediction. x (B,C,H,W), timestep (B,), context (B,T,D); float32 in and out."""
+                control: dict | None = None, **extra: torch.Tensor) -> torch.Tensor:
+        """Raw eps/v prediction. x (B,C,H,W), timestep (B,), context (B,T,D); float32 in and out.
+
+        `control` is ComfyUI's ControlNet dict (`sampling.control`): "output" = one residual per input
+        block, added to the skip connection the matching output block reads; "middle" = added after
+        the middle block. Both are what diffusers calls down/mid block additional residuals."""
         dev, dt = self.device, self.dtype
+        residuals = _control_residuals(control, dev, dt)
         added = None
         if self.family.sdxl_conditioning:
             b = x.shape[0]
@@ -60,5 +65,21 @@ class UNetModel(DeviceAndDtype, nn.Module):
         if timestep.numel() == 1 and x.shape[0] > 1:
             timestep = timestep.expand(x.shape[0])
         out = self.unet(x.to(dev, dt), timestep, encoder_hidden_states=context.to(dev, dt),
-                        added_cond_kwargs=added, return_dict=False)[0]
+                        added_cond_kwargs=added, return_dict=False, **residuals)[0]
         return out.float()
+
+
+def _control_residuals(control: dict | None, device, dtype) -> dict:
+    """ControlNet residuals as diffusers' UNet keyword arguments (ComfyUI pops both lists from the end,
+    block by block, so list order = input block order, which is diffusers' order too)."""
+    if not control:
+        return {}
+    if control.get("input"):
+        raise NotImplementedError("T2I-adapter residuals (the 'input' control) are not supported yet")
+    output, middle = control.get("output") or [], control.get("middle") or []
+    if not output and not middle:
+        return {}
+    if not output or not middle or middle[-1] is None or any(r is None for r in output):
+        raise ValueError("a ControlNet chain gave residuals for only some UNet blocks; diffmesh needs all of them")
+    return {"down_block_additional_residuals": tuple(r.to(device, dtype) for r in output),
+            "mid_block_additional_residual": middle[-1].to(device, dtype)}

@@ -16,11 +16,20 @@ Execution follows ComfyUI: `check_lazy_status` for lazy inputs, `async def` func
 `{"result": ..., "expand": graph}` expansions, VALIDATE_INPUTS/IS_CHANGED called as
 `getattr(cls, name)(**inputs)`. V1 nodes do not get a `NodeContext` argument. While one runs, `ProgressBar` (the shape of
 `comfy.utils.ProgressBar`) and `check_interrupt()` reach the running node's context through a
-context variable that the adapter sets for the call only, so they need nothing from `comfy`.
+context variable that the adapter sets for the call only.
+
+Packs that import ComfyUI's modules (`comfy.*`, `folder_paths`, `nodes`, `server`,
+`comfy_api.latest`) get diffmesh's look-alikes (`diffmesh.compat`): the loader makes them
+importable while a pack imports, and the adapters while its nodes run. V3 nodes (`io.ComfyNode`
+classes in NODE_CLASS_MAPPINGS, or from `comfy_entrypoint()`) are adapted by `diffmesh.compat.v3`.
+A pack's `WEB_DIRECTORY` is recorded for the server (`/extensions/<pack>/...`). A pack that fails
+is logged in one line naming the pack, its path and why (the traceback at debug level).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import importlib.util
 import inspect
@@ -57,9 +66,10 @@ def check_interrupt() -> None:
 
 
 def _preview_image(preview: Any) -> Any:
-    """A PIL image from what ComfyUI nodes pass as preview: ("JPEG", image, max_size) or an image."""
-    if isinstance(preview, (tuple, list)) and len(preview) >= 2:
-        preview = preview[1]
+    """What ComfyUI nodes pass as preview: a node's own image `(format, PIL image, max size or None)`
+    stays a tuple (the server sends it as given, like ComfyUI); a bare PIL image is kept; else None."""
+    if isinstance(preview, (tuple, list)) and len(preview) >= 3 and hasattr(preview[1], "convert"):
+        return (str(preview[0]).upper(), preview[1], preview[2])
     return preview if hasattr(preview, "convert") else None
 
 
@@ -160,11 +170,11 @@ def _is_changed(cls: type):
     return is_changed
 
 
-def _validate_inputs(cls: type):
-    """VALIDATE_INPUTS as `validate_inputs(paths, <its parameter names>)` (plus **kwargs when it
-    has them): the validator passes the inputs it names (linked ones as None, `input_types` the
-    linked types), and those inputs skip the built-in checks."""
-    hook, names, var_kw = _class_hook(cls, "VALIDATE_INPUTS")
+def _validate_inputs(cls: type, attr: str = "VALIDATE_INPUTS"):
+    """VALIDATE_INPUTS (V3: validate_inputs) as `validate_inputs(paths, <its parameter names>)`
+    (plus **kwargs when it has them): the validator passes the inputs it names (linked ones as
+    None, `input_types` the linked types), and those inputs skip the built-in checks."""
+    hook, names, var_kw = _class_hook(cls, attr)
 
     def validate_inputs(paths, **inputs):
         return hook(**inputs)
@@ -184,11 +194,18 @@ def _instance(ctx: NodeContext, cls: type):
     return instance
 
 
-def _running(ctx: NodeContext, call):
-    """call() with `ctx` as the running node's context; a coroutine it returns keeps it too."""
+def _active(layer):
+    """The compatibility modules importable (a layer's `active()`), or nothing without a layer."""
+    return layer.active() if layer is not None else contextlib.nullcontext()
+
+
+def _running(ctx: NodeContext, call, layer=None):
+    """call() with `ctx` as the running node's context (and the layer's modules importable);
+    a coroutine it returns keeps both while it runs."""
     token = _RUNNING.set(ctx)
     try:
-        result = call()
+        with _active(layer):
+            result = call()
     finally:
         _RUNNING.reset(token)
     if not inspect.iscoroutine(result):
@@ -197,29 +214,31 @@ def _running(ctx: NodeContext, call):
     async def awaited():
         inner = _RUNNING.set(ctx)
         try:
-            return await result
+            with _active(layer):
+                return await result
         finally:
             _RUNNING.reset(inner)
     return awaited()
 
 
-def _execute(cls: type, function: str):
+def _execute(cls: type, function: str, layer=None):
     def execute(ctx: NodeContext, **inputs):
         instance = _instance(ctx, cls)
-        return _running(ctx, lambda: getattr(instance, function)(**inputs))
+        return _running(ctx, lambda: getattr(instance, function)(**inputs), layer)
     return execute
 
 
-def _check_lazy_status(cls: type):
+def _check_lazy_status(cls: type, layer=None):
     def check_lazy_status(ctx: NodeContext, **inputs):
         instance = _instance(ctx, cls)
-        return _running(ctx, lambda: instance.check_lazy_status(**inputs))
+        return _running(ctx, lambda: instance.check_lazy_status(**inputs), layer)
     return check_lazy_status
 
 
 def adapt_v1_class(name: str, cls: type, display_name: str | None = None,
-                   module_name: str = MODULE_PREFIX) -> NodeDef:
-    """A `NodeDef` running a ComfyUI V1 node class (INPUT_TYPES, RETURN_TYPES, FUNCTION, ...)."""
+                   module_name: str = MODULE_PREFIX, layer=None) -> NodeDef:
+    """A `NodeDef` running a ComfyUI V1 node class (INPUT_TYPES, RETURN_TYPES, FUNCTION, ...);
+    `layer` (a `diffmesh.compat.CompatLayer`) makes ComfyUI's modules importable while it runs."""
     for attr in ("INPUT_TYPES", "RETURN_TYPES", "FUNCTION"):
         if not hasattr(cls, attr):
             raise TypeError(f"{name}: a V1 node class needs {attr}")
@@ -227,11 +246,11 @@ def adapt_v1_class(name: str, cls: type, display_name: str | None = None,
     if not callable(getattr(cls, function, None)):
         raise TypeError(f"{name}: FUNCTION names {function!r}, which the class does not define")
     schema = _schema(name, cls, display_name or name, module_name)
-    return NodeDef(schema=schema, execute=_execute(cls, function),
+    return NodeDef(schema=schema, execute=_execute(cls, function, layer),
                    is_changed=_is_changed(cls) if hasattr(cls, "IS_CHANGED") else None,
                    validate_inputs=_validate_inputs(cls) if hasattr(cls, "VALIDATE_INPUTS") else None,
                    not_idempotent=bool(getattr(cls, "NOT_IDEMPOTENT", False)),
-                   check_lazy_status=_check_lazy_status(cls) if callable(getattr(cls, "check_lazy_status", None))
+                   check_lazy_status=_check_lazy_status(cls, layer) if callable(getattr(cls, "check_lazy_status", None))
                    else None,
                    is_async=inspect.iscoroutinefunction(getattr(cls, function)))
 
@@ -240,11 +259,13 @@ def adapt_v1_class(name: str, cls: type, display_name: str | None = None,
 
 @dataclass
 class LoadReport:
-    """What start-up loaded: module name -> node class names, and (path, error) of failures."""
+    """What start-up loaded: module name -> node class names, and (path, error) of failures;
+    `layer` is the compatibility layer the packs were loaded with."""
 
     loaded: dict[str, list[str]] = field(default_factory=dict)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    layer: Any = None
 
 
 def custom_node_dirs(paths: Any, extra_dirs: Iterable[str | Path] | None = None, disabled: bool = False) -> list[Path]:
@@ -294,47 +315,115 @@ def _import(path: Path):
     return module
 
 
-def _module_node_defs(module, module_name: str) -> list[NodeDef]:
+def _v3_nodes(module, name: str) -> list[type]:
+    """The node classes of a V3 pack: `await comfy_entrypoint()` → extension → `get_node_list()`."""
+    from diffmesh.compat.v3_io import ComfyExtension
+
+    async def nodes() -> list[type]:
+        extension = module.comfy_entrypoint()
+        if inspect.isawaitable(extension):
+            extension = await extension
+        if not isinstance(extension, ComfyExtension):
+            raise TypeError(f"comfy_entrypoint() returned {type(extension).__name__}, expected a ComfyExtension")
+        await extension.on_load()
+        found = await extension.get_node_list()
+        if not isinstance(found, list):
+            raise TypeError("get_node_list() did not return a list of node classes")
+        return found
+    return asyncio.run(nodes())
+
+
+def _adapt(name: str, cls: type, display: str | None, module_name: str, layer) -> NodeDef:
+    from diffmesh.compat.v3 import adapt_v3_class, is_v3_class
+
+    if is_v3_class(cls):
+        return adapt_v3_class(cls, module_name, lambda ctx, call: _running(ctx, call, layer), _validate_inputs)
+    return adapt_v1_class(name, cls, display, module_name, layer)
+
+
+def _module_node_defs(module, module_name: str, layer=None) -> list[NodeDef]:
     mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+    if mappings is None and callable(getattr(module, "comfy_entrypoint", None)):
+        mappings = {cls.__name__: cls for cls in _v3_nodes(module, module_name)}
     if not isinstance(mappings, dict):
-        raise TypeError("the module has no NODE_CLASS_MAPPINGS dict")
+        raise TypeError("the module has no NODE_CLASS_MAPPINGS dict and no comfy_entrypoint()")
     display = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
     nodes = []
     for name, cls in mappings.items():
         try:
-            nodes.append(adapt_v1_class(str(name), cls, display.get(name), module_name))
+            nodes.append(_adapt(str(name), cls, display.get(name), module_name, layer))
         except Exception as exc:  # noqa: BLE001 - one bad class must not hide its module's others
             log.error("custom node %s in %s skipped: %s", name, module_name, exc)
     return nodes
 
 
+def _web_directory(module, path: Path) -> Path | None:
+    """The pack's WEB_DIRECTORY, relative to the module's folder, when it is a folder."""
+    declared = getattr(module, "WEB_DIRECTORY", None)
+    if declared is None:
+        return None
+    folder = (path if path.is_dir() else path.parent) / str(declared)
+    return folder.resolve() if folder.is_dir() else None
+
+
+def _why(exc: BaseException) -> str:
+    """One line saying why a pack failed; a ComfyUI name diffmesh lacks is named as such."""
+    from diffmesh.compat.modules import DOC
+    from diffmesh.compat.shims import BUILDERS
+
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ImportError) and not isinstance(exc, ModuleNotFoundError) and exc.name in BUILDERS:
+        text += f" (diffmesh's ComfyUI compatibility layer does not offer it; the supported names are in {DOC})"
+    return text.replace("\n", " ")
+
+
+def _load_pack(registry, layer, path: Path, report: LoadReport) -> None:
+    name = path.stem if path.is_file() else path.name
+    module_name = f"{MODULE_PREFIX}.{name}"
+    started = time.perf_counter()
+    layer.loading_pack = name
+    try:
+        with layer.active():
+            module = _import(path)
+            nodes = _module_node_defs(module, module_name, layer)
+    except Exception as exc:  # noqa: BLE001 - a broken pack is skipped, start-up goes on
+        report.failed.append((path, f"{type(exc).__name__}: {exc}"))
+        log.error("custom node pack %s skipped: cannot import custom nodes from %s: %s", name, path, _why(exc))
+        log.debug("traceback of custom node pack %s:\n%s", name, "".join(traceback.format_exception(exc)).rstrip())
+        return
+    finally:
+        layer.loading_pack = None
+    added = []
+    for node in nodes:
+        if node.name in registry:
+            log.warning("custom node %s from %s skipped: a node of that name is already registered", node.name, path)
+            continue
+        registry.add(node)
+        added.append(node.name)
+    web = _web_directory(module, path)
+    if web is not None:
+        layer.server.web_dirs[name] = web
+    report.loaded[module_name] = added
+    report.seconds[module_name] = time.perf_counter() - started
+    log.info("custom nodes from %s: %s%s", path, ", ".join(added) or "none", f" (web: {web})" if web else "")
+
+
 def load_into(registry, paths: Any, extra_dirs: Iterable[str | Path] | None = None,
-              disabled: bool = False) -> LoadReport:
-    """Import every custom node module and add its nodes to `registry`; failures are logged."""
-    report = LoadReport()
+              disabled: bool = False, pack_server: Any = None, device: str = "cpu") -> LoadReport:
+    """Import every custom node pack and add its nodes to `registry`; failures are logged.
+    `pack_server` (a `diffmesh.compat.PackServer`) receives the packs' routes and web folders;
+    `device` is what `comfy.model_management.get_torch_device()` answers."""
+    from diffmesh.compat import CompatLayer
+
+    from diffmesh.nodes import websocket_image
+
+    layer = CompatLayer(paths, registry, device, pack_server)
+    report = LoadReport(layer=layer)
+    if not disabled and websocket_image.NODE.name not in registry:   # ComfyUI's default custom node
+        registry.add(websocket_image.NODE)
     for folder in custom_node_dirs(paths, extra_dirs, disabled):
         for path in module_paths(folder):
-            name = path.stem if path.is_file() else path.name
-            module_name = f"{MODULE_PREFIX}.{name}"
-            started = time.perf_counter()
-            try:
-                nodes = _module_node_defs(_import(path), module_name)
-            except Exception as exc:  # noqa: BLE001 - a broken module is skipped, start-up goes on
-                report.failed.append((path, f"{type(exc).__name__}: {exc}"))
-                log.error("cannot import custom nodes from %s: %s: %s\n%s", path, type(exc).__name__, exc,
-                          "".join(traceback.format_exception(exc)).rstrip())
-                continue
-            added = []
-            for node in nodes:
-                if node.name in registry:
-                    log.warning("custom node %s from %s skipped: a node of that name is already registered",
-                                node.name, path)
-                    continue
-                registry.add(node)
-                added.append(node.name)
-            report.loaded[module_name] = added
-            report.seconds[module_name] = time.perf_counter() - started
-            log.info("custom nodes from %s: %s", path, ", ".join(added) or "none")
+            _load_pack(registry, layer, path, report)
     return report
 
 

@@ -85,6 +85,23 @@ def _add_same_area_partner(entries: list, c: dict) -> None:
     entries.append(out)
 
 
+# Conditioning options whose model side diffmesh does not run yet: sampling them would silently give
+# another image than ComfyUI, so sampling stops and names the node that put them there.
+NOT_RUN_YET = {
+    "gligen": "GLIGENTextBoxApply's boxes need GLIGEN's position net and gated self-attention in the UNet, "
+              "which diffmesh does not run yet; remove the GLIGENTextBoxApply nodes from the workflow",
+}
+
+
+def _refuse_unrun(options: dict, model) -> None:
+    for key in sorted(NOT_RUN_YET.keys() & options.keys()):
+        raise NotImplementedError(f"cannot sample a conditioning with {key!r}: {NOT_RUN_YET[key]}")
+    if "unclip_conditioning" in options and getattr(getattr(model, "family", None), "sdxl_conditioning", False):
+        raise NotImplementedError("unCLIPConditioning on an SDXL model (Revision: ComfyUI puts the noise-augmented "
+                                  "image embedding in place of the pooled text) is not run by diffmesh yet; "
+                                  "remove the unCLIPConditioning node")
+
+
 def prepare_conds(conds: dict[str, list], model, x_shape, model_sampling) -> dict[str, list[dict]]:
     """{"positive": CONDITIONING, "negative": CONDITIONING} -> {"positive": [entry], ...}.
 
@@ -97,6 +114,7 @@ def prepare_conds(conds: dict[str, list], model, x_shape, model_sampling) -> dic
         entries = []
         for item in conditioning or ():
             tensor, options = item[0], dict(item[1]) if len(item) > 1 else {}
+            _refuse_unrun(options, model)
             entry = {k: v for k, v in options.items()
                      if k in ("area", "strength", "mask", "mask_strength", "set_area_to_bounds")}
             entry = _resolve_area_and_mask(entry, h, w)

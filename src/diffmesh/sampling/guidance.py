@@ -26,10 +26,11 @@ COND, UNCOND = 0, 1
 class _Chunk:
     """One conditioning entry prepared for one evaluation: cropped input, weights, model inputs."""
 
-    __slots__ = ("input_x", "mult", "context", "extra", "area")
+    __slots__ = ("input_x", "mult", "context", "extra", "area", "control")
 
-    def __init__(self, input_x, mult, context, extra, area):
+    def __init__(self, input_x, mult, context, extra, area, control=None):
         self.input_x, self.mult, self.context, self.extra, self.area = input_x, mult, context, extra, area
+        self.control = control          # sampling.control.AppliedControl: batched only with the same object
 
 
 def _rows(t: torch.Tensor, batch: int, batch_slice, device) -> torch.Tensor:
@@ -41,7 +42,7 @@ def _rows(t: torch.Tensor, batch: int, batch_slice, device) -> torch.Tensor:
 
 
 def _can_concat(a: _Chunk, b: _Chunk) -> bool:
-    if a.input_x.shape != b.input_x.shape:
+    if a.input_x.shape != b.input_x.shape or a.control is not b.control:
         return False
     s1, s2 = a.context.shape, b.context.shape
     if s1 != s2:
@@ -73,8 +74,9 @@ class Denoiser:
     def __init__(self, model, positive: list, negative: list, cfg: float, x_shape, *,
                  batch_slice=None, cfg_part: str | None = None, exchange: Callable | None = None,
                  latent_image: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                 denoise_mask: torch.Tensor | None = None):
+                 denoise_mask: torch.Tensor | None = None, controls=None):
         self.model = model
+        self.controls = controls        # sampling.control.ControlRunner when an entry carries a ControlNet
         self.model_sampling = model.model_sampling
         self.cfg = float(cfg)
         self.batch_slice = batch_slice
@@ -90,11 +92,22 @@ class Denoiser:
 
     # ---------------------------------------------------------------- one UNet call
     def apply_model(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
-                    extra: dict[str, torch.Tensor]) -> torch.Tensor:
+                    extra: dict[str, torch.Tensor], control=None, chunks: int = 1) -> torch.Tensor:
         ms = self.model_sampling
+        residuals = None
+        if control is not None:
+            if self.controls is None:
+                raise RuntimeError("the conditioning carries a ControlNet but sampling got no ControlNet networks; "
+                                   "run it through the engine (Worker.sample) or pass run_sample_job(control_networks=)")
+            residuals = self.controls.control(control, x, sigma, context, extra, chunks)
         xc = ms.calculate_input(sigma, x)
         t = ms.timestep(sigma).float()
-        out = self.model(xc, t, context, **extra).float()
+        if self.denoise_mask is not None and getattr(self.model, "mask_sets_timestep", False):
+            extra = {**extra, "denoise_mask": repeat_to_batch_size(self.denoise_mask, x.shape[0])}
+        if residuals is not None:
+            out = self.model(xc, t, context, control=residuals, **extra).float()
+        else:
+            out = self.model(xc, t, context, **extra).float()
         return ms.calculate_denoised(sigma, out, x)
 
     # ---------------------------------------------------------------- entries -> chunks
@@ -142,7 +155,7 @@ class Denoiser:
         batch = x.shape[0]
         context = _rows(entry["context"], batch, self.batch_slice, x.device)
         extra = {k: _rows(v, batch, self.batch_slice, x.device) for k, v in entry["extra"].items()}
-        return _Chunk(input_x, mult, context, extra, area)
+        return _Chunk(input_x, mult, context, extra, area, entry.get("control"))
 
     def calc_cond_batch(self, conds: list, x: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:
         """Weighted average prediction per conds list (None = not evaluated, gives zeros)."""
@@ -164,7 +177,7 @@ class Denoiser:
             input_x = torch.cat([c.input_x for c in chunks])
             context = _cat_context([c.context for c in chunks])
             extra = {k: torch.cat([c.extra[k] for c in chunks]) for k in chunks[0].extra}
-            output = self.apply_model(input_x, torch.cat([sigma] * n), context, extra).chunk(n)
+            output = self.apply_model(input_x, torch.cat([sigma] * n), context, extra, first.control, n).chunk(n)
             for o, (chunk, index) in enumerate(picked):
                 out_c, out_cts = out_conds[index], out_counts[index]
                 if chunk.area is not None:
@@ -199,6 +212,8 @@ class Denoiser:
         latent_mask = 1.0 - mask
         s = sigma.reshape([sigma.shape[0]] + [1] * (self.noise.ndim - 1))
         known = self.model_sampling.noise_scaling(s, self.noise, self.latent_image)
+        if getattr(self.model, "mask_sets_timestep", False):
+            known = self.latent_image               # the known frames stay clean: the model sees them at t = 0
         x = x * mask + known * latent_mask
         out = self.guided(x, sigma)
         return out * mask + self.latent_image * latent_mask

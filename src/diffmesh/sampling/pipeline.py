@@ -36,12 +36,22 @@ def _noise_sampler(kind: str, x: torch.Tensor, sigmas: torch.Tensor, seed: int, 
     return None
 
 
-def run_sample_job(model, job, on_step: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
+def _controls(networks, model_sampling, batch_slice):
+    if not networks:
+        return None
+    from .control import ControlRunner
+
+    return ControlRunner(networks, model_sampling, batch_slice)
+
+
+def run_sample_job(model, job, on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+                   control_networks=None) -> torch.Tensor:
     """Denoise `job.latent` with `model` (a DiffusionModel) and return the new unscaled latent.
 
     `on_step(step, total, x0)` is called after every step with step = 1..total and the step's x0
     estimate in diffusion (scaled) space, for progress and previews; an exception raised there
-    (an interrupt) propagates out of this call."""
+    (an interrupt) propagates out of this call. `control_networks` maps each CONTROL_NET the
+    conditioning uses (`sampling.control.control_refs`) to its network on this device."""
     latent = job.latent.to(torch.float32)
     sigmas = job.sigmas
     if sigmas.numel() == 0:
@@ -78,7 +88,8 @@ def run_sample_job(model, job, on_step: Callable[[int, int, torch.Tensor], None]
 
     denoiser = Denoiser(model, job.positive, job.negative, job.cfg, tuple(latent_image.shape),
                         batch_slice=batch_slice, cfg_part=job.cfg_part, exchange=job.exchange,
-                        latent_image=latent_image, noise=model_noise, denoise_mask=denoise_mask)
+                        latent_image=latent_image, noise=model_noise, denoise_mask=denoise_mask,
+                        controls=_controls(control_networks, ms, batch_slice))
     x = ms.noise_scaling(sigmas[0], noise, latent_image, ms.is_max_denoise(sigmas))
     noise_sampler = _noise_sampler(spec.noise, x, sigmas, job.seed, batch_slice)
     total = len(sigmas) - 1

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from diffmesh.server.config import ServerConfig
 from diffmesh.server.dispatcher import Dispatcher
+from diffmesh.server.routes import extensions
 from diffmesh.server.runtime_ref import RuntimeRef, RuntimeUnavailable
 from diffmesh.config.paths import UnsafePath
 from diffmesh.server.schemas import install_openapi
@@ -61,9 +62,11 @@ class ServerState:
                 "node_replacements": False, "assets": False}
 
 
-def create_app(runtime: Any, server_config: ServerConfig, paths: Any = None) -> FastAPI:
+def create_app(runtime: Any, server_config: ServerConfig, paths: Any = None, pack_server: Any = None) -> FastAPI:
     """Builds the app. `runtime` is a built Runtime or a `RuntimeRef` that builds it in the
-    background; `paths` (a `diffmesh.config.paths.Paths`) serves files before the runtime is ready."""
+    background; `paths` (a `diffmesh.config.paths.Paths`) serves files before the runtime is ready;
+    `pack_server` (diffmesh.compat.PackServer) holds the custom node packs' routes and web folders
+    (default: the built runtime's)."""
     ref = RuntimeRef.of(runtime)
     paths = paths if paths is not None else getattr(ref.peek(), "paths", None)
     if paths is None:
@@ -95,6 +98,7 @@ def create_app(runtime: Any, server_config: ServerConfig, paths: Any = None) -> 
     app.state.diffmesh = state
     _install_error_handlers(app)
     _install_routes(app)
+    extensions.install(app, state.hub, pack_server if pack_server is not None else _packs_of(ref.peek()))
     install_openapi(app)
     app.add_middleware(GuardMiddleware, config=server_config)
     return app
@@ -115,6 +119,14 @@ def _install_routes(app: FastAPI) -> None:
     app.include_router(ws_router)
     app.include_router(ws_router, prefix="/api")
     frontend.mount(app)
+
+
+def _packs_of(runtime: Any):
+    """The PackServer a prebuilt runtime loaded its custom nodes with (a fresh one otherwise)."""
+    from diffmesh.compat import PackServer
+
+    layer = getattr(getattr(runtime, "custom_nodes", None), "layer", None)
+    return layer.server if layer is not None else PackServer()
 
 
 def _close_runtime(ref: RuntimeRef) -> None:

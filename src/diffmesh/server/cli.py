@@ -97,14 +97,15 @@ def build_paths(args: argparse.Namespace):
                        extra_model_paths=getattr(args, "extra_model_paths_config", None))
 
 
-def runtime_builder(args: argparse.Namespace):
-    """A zero-argument function that builds the runtime (imported lazily: it pulls in torch)."""
+def runtime_builder(args: argparse.Namespace, pack_server=None):
+    """A zero-argument function that builds the runtime (imported lazily: it pulls in torch);
+    custom node packs register their routes and web folders with `pack_server`."""
     paths = build_paths(args)
 
     def build():
         from diffmesh.runtime import Runtime
 
-        return Runtime.build(args, paths=paths)
+        return Runtime.build(args, paths=paths, pack_server=pack_server)
 
     return build
 
@@ -144,6 +145,7 @@ def check_devices_early(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from diffmesh.compat import PackServer
     from diffmesh.server.app import create_app
     from diffmesh.server.runtime_ref import RuntimeRef
 
@@ -160,8 +162,9 @@ def run(args: argparse.Namespace) -> int:
         if server:
             server[0].should_exit = True
 
-    ref = RuntimeRef(runtime_builder(args), on_failure=runtime_failed)
-    app = create_app(ref, config, paths=paths)
+    packs = PackServer()                               # custom node packs' routes, web folders, messages
+    ref = RuntimeRef(runtime_builder(args, packs), on_failure=runtime_failed)
+    app = create_app(ref, config, paths=paths, pack_server=packs)
     sockets = _sockets(config)
     host = config.bind_hosts[0]
     url_host = f"[{host}]" if ":" in host else host

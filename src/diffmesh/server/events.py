@@ -88,6 +88,9 @@ class PromptRun:
                                "parent_node": data.get("parent_node"), "real_node_id": data.get("real_node_id", node)}
 
     def _preview(self, data: dict) -> None:
+        if isinstance(data.get("image"), tuple):
+            self._node_image(data)
+            return
         if self.preview_method not in previews.ENABLED_METHODS:
             return
         if not (self.client_id and self.hub.client(self.client_id)):
@@ -102,11 +105,25 @@ class PromptRun:
             jpeg = previews.latent_to_jpeg(latent, self.config.preview_size, data.get("latent_format"))
         if jpeg is None:
             return
+        metadata = self._frame_metadata(data)
+        self.hub.send_bytes(lambda client: preview_frame(client, jpeg, "image/jpeg", metadata), self.client_id)
+
+    def _frame_metadata(self, data: dict) -> dict:
         node = str(data.get("node") or self.current_node or "")
         display = str(data.get("display_node") or node)
-        metadata = {"node_id": node, "prompt_id": self.prompt_id, "display_node_id": display,
-                    "parent_node_id": data.get("parent_node"), "real_node_id": data.get("real_node_id", node)}
-        self.hub.send_bytes(lambda client: preview_frame(client, jpeg, "image/jpeg", metadata), self.client_id)
+        return {"node_id": node, "prompt_id": self.prompt_id, "display_node_id": display,
+                "parent_node_id": data.get("parent_node"), "real_node_id": data.get("real_node_id", node)}
+
+    def _node_image(self, data: dict) -> None:
+        """An image a node sends itself (ComfyUI's progress-bar preview `(format, image, max size)`,
+        e.g. SaveImageWebsocket's full-size PNG): sent to the prompt's client whatever the preview
+        method, type 1 (or type 4 for clients that announced preview metadata), never dropped; to
+        every client when the prompt has none (ComfyUI's send with sid None)."""
+        image_format, image, max_size = data["image"]
+        encoded, mime = previews.encode_node_image(image, image_format, max_size)
+        metadata = self._frame_metadata(data)
+        self.hub.send_bytes(lambda client: preview_frame(client, encoded, mime, metadata), self.client_id,
+                            droppable=False)
 
     # -- end of run ---------------------------------------------------------------------------
 

@@ -68,3 +68,18 @@ def image_to_jpeg(image: Any, max_size: int = 512) -> bytes:
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=95)
     return out.getvalue()
+
+
+def encode_node_image(image: Any, image_format: str, max_size: int | None) -> tuple[bytes, str]:
+    """A node's own preview `(format, PIL image, max size or None)` as ComfyUI sends it: PNG or
+    JPEG, fit in `max_size`² when given, else at the image's own size. (bytes, mime type)."""
+    from PIL import Image, ImageOps
+
+    if max_size is not None:
+        image = ImageOps.contain(image, (max_size, max_size), Image.BILINEAR)
+    fmt = "PNG" if image_format == "PNG" else "JPEG"
+    if fmt == "JPEG":
+        image = image.convert("RGB")
+    out = io.BytesIO()
+    image.save(out, format=fmt, quality=95, compress_level=1)
+    return out.getvalue(), "image/png" if fmt == "PNG" else "image/jpeg"

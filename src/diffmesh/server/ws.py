@@ -86,9 +86,11 @@ class ConnectionHub:
     def broadcast(self, event: str, data: dict) -> None:
         self._post(None, json.dumps({"type": event, "data": data}, default=str), droppable=False)
 
-    def send_bytes(self, payload: bytes | Callable[[Client], bytes | None], sid: str | None) -> None:
-        """Binary frame; `payload` may be a function of the client (e.g. its preview format)."""
-        self._post(sid, payload, droppable=True)
+    def send_bytes(self, payload: bytes | Callable[[Client], bytes | None], sid: str | None,
+                   droppable: bool = True) -> None:
+        """Binary frame; `payload` may be a function of the client (e.g. its preview format).
+        Previews are `droppable` for a slow client; a node's output image (SaveImageWebsocket) is not."""
+        self._post(sid, payload, droppable=droppable)
 
     def _post(self, sid: str | None, message: Any, droppable: bool) -> None:
         loop = self._loop

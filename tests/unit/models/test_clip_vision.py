@@ -181,3 +181,26 @@ def test_style_adapter_turns_vision_tokens_into_its_style_tokens(tmp_path):
     assert style.kind == "style_adapter"
     out = style.get_cond(cv.ClipVisionOutput(last_hidden_state=torch.randn(2, 257, 32)))
     assert out.shape == (2, 8, 24) and torch.isfinite(out).all()
+
+
+def test_gligen_box_tensors_are_comfyuis_fractions_masks_and_padding():
+    from diffmesh.models.gligen import MAX_OBJECTS, box_tensors
+
+    pooled = torch.arange(4.0).view(1, 4)
+    # latent 8 high, 16 wide; a box 4 high, 8 wide at y 2, x 4 (latent pixels)
+    out = box_tensors((2, 4, 8, 16), [(pooled, 4, 8, 2, 4)], key_dim=4)
+    assert out["boxes"].shape == (2, MAX_OBJECTS, 4) and out["masks"].shape == (2, MAX_OBJECTS)
+    assert out["boxes"][1, 0].tolist() == [4 / 16, 2 / 8, 12 / 16, 6 / 8]
+    assert out["masks"][0, :2].tolist() == [1.0, 0.0] and float(out["embeddings"][0, 1:].abs().sum()) == 0
+    assert torch.equal(out["embeddings"][1, 0], pooled[0])
+    with pytest.raises(ValueError, match="at most 30 boxes"):
+        box_tensors((1, 4, 8, 8), [(pooled, 1, 1, 0, 0)] * 31, key_dim=4)
+
+
+def test_gligen_file_is_read_by_its_keys_and_other_files_are_refused(tiny_files):
+    from diffmesh.models.gligen import read_gligen
+
+    model = read_gligen(tiny_files["gligen"])
+    assert (model.key_dim, model.fusers) == (32, 1)
+    with pytest.raises(ModelError, match="not a GLIGEN model.*models/gligen"):
+        read_gligen(tiny_files["redux"])

@@ -58,7 +58,10 @@ async def get_embeddings(request: Request):
 
 
 async def get_extensions(request: Request):
-    return []  # no custom-node web extensions; the frontend's core extensions are built in
+    """The custom node packs' web extension scripts (the frontend's core extensions are built in)."""
+    from diffmesh.server.routes.extensions import extension_files
+
+    return await asyncio.to_thread(extension_files, request)
 
 
 async def get_models(request: Request):
