@@ -78,8 +78,9 @@ class _Validator:
             name = spec.name
             info = spec.to_spec(self.env)
             if name not in inputs:
-                if spec.section == "required":
-                    errors.append(_issue("required_input_missing", "Required input is missing", name,
+                if spec.section == "required":                 # a dynamic input's details: its last part
+                    details = name if schema.input(name) is spec else name.rsplit(".", 1)[-1]
+                    errors.append(_issue("required_input_missing", "Required input is missing", details,
                                          {"input_name": name}))
                 continue
             value = inputs[name]

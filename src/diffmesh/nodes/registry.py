@@ -9,7 +9,7 @@ from diffmesh.nodes.base import NodeDef, SchemaEnv
 
 CORE_MODULES = ("loaders", "conditioning", "sampling", "latent", "image", "io", "dit", "text_encoders", "video", "vision", "gligen",
                 "latent_batch", "image_extra", "conditioning_extra", "custom_sampler",
-                "extras_logic", "extras_math", "extras_images", "extras_string")
+                "extras_logic", "extras_math", "extras_images", "extras_string", "extras_resize")
 OPTIONAL_MODULES = ("devices",)        # multi-device nodes (SelectModelDevice, MultiGPU_WorkUnits, ...)
 
 

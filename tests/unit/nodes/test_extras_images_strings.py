@@ -148,3 +148,34 @@ def test_ui_workflow_with_save_image_advanced_converts_its_format_widgets(tmp_pa
     prompt["2"]["inputs"]["format.bit_depth"] = "32-bit float"          # an exr option under png
     ok, _, _, node_errors = validate_prompt(prompt, registry, Paths.build(tmp_path))
     assert not ok and node_errors["2"]["errors"][0]["type"] == "value_not_in_list"
+
+
+def _resize(data, kind, method="nearest-exact", **options):
+    from diffmesh.nodes.extras_resize import resize_image_mask
+
+    dynamic = {"resize_type": kind, **{f"resize_type.{k}": v for k, v in options.items()}}
+    return resize_image_mask(None, data, method, **dynamic)[0]
+
+
+@pytest.mark.parametrize("kind, options, image_hw, mask_hw", [
+    ("scale by multiplier", {"multiplier": 0.5}, (3, 5), (3, 5)),
+    ("scale dimensions", {"width": 4, "height": 0, "crop": "disabled"}, (2, 4), (2, 4)),
+    ("scale longer dimension", {"longer_size": 20}, (12, 20), (12, 20)),
+    ("scale shorter dimension", {"shorter_size": 3}, (3, 5), (3, 5)),
+    ("scale width", {"width": 5}, (3, 5), (3, 5)),
+    ("scale height", {"height": 12}, (12, 20), (12, 20)),
+    ("scale total pixels", {"megapixels": 60 / 1048576}, (6, 10), (6, 10)),
+    ("scale to multiple", {"multiple": 4}, (4, 8), (4, 8)),
+])
+def test_resize_image_mask_sizes_images_and_masks_alike(kind, options, image_hw, mask_hw):
+    image, mask = torch.rand(2, 6, 10, 3), torch.rand(2, 6, 10)
+    assert _resize(image, kind, **options).shape == (2, *image_hw, 3)
+    assert _resize(mask, kind, **options).shape == (2, *mask_hw)
+
+
+def test_resize_match_size_and_nearest_values():
+    image = torch.arange(16.0).reshape(1, 4, 4, 1)
+    out = _resize(image, "match size", match=torch.zeros(1, 2, 2), crop="disabled")
+    assert out[0, :, :, 0].tolist() == [[5.0, 7.0], [13.0, 15.0]]          # nearest-exact: pixel centres
+    with pytest.raises(ValueError, match="unsupported resize_type 'nope'"):
+        _resize(image, "nope")

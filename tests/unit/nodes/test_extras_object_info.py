@@ -59,6 +59,8 @@ COMFYUI = {
                                    "count": ["INT", {"tooltip": extras_string.COUNT_TIP, "advanced": True, "default": 0,
                                                      "min": 0, "max": 100}]}},
                      ["STRING"], ["STRING"], "text"),
+    "ImageCompare": ({"required": {"compare_view": ["IMAGECOMPARE", {"socketless": True}]},
+                      "optional": {"image_a": ["IMAGE", {}], "image_b": ["IMAGE", {}]}}, [], [], "image"),
     "ManualSigmas": ({"required": {"sigmas": ["STRING", {"default": "1, 0.5", "multiline": False}]}},
                      ["SIGMAS"], ["SIGMAS"], "model/sampling/sigmas"),
 }
@@ -99,3 +101,22 @@ def test_save_image_advanced_has_comfyuis_dynamic_format_combo(registry):
     assert info["input"]["hidden"] == {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     assert info["output_node"] is True and info["output_name"] == ["images"]
 
+
+
+def test_resize_image_mask_declares_comfyuis_inputs(registry):
+    info = registry["ResizeImageMaskNode"].schema.to_object_info(None)
+    required = info["input"]["required"]
+    assert list(required) == ["input", "resize_type", "scale_method"]
+    assert required["input"] == ["COMFY_MATCHTYPE_V3", {"template": {"template_id": "input_type",
+                                                                     "allowed_types": "IMAGE,MASK"}}]
+    options = required["resize_type"][1]["options"]
+    assert [o["key"] for o in options] == ["scale dimensions", "scale by multiplier", "scale longer dimension",
+                                           "scale shorter dimension", "scale width", "scale height",
+                                           "scale total pixels", "match size", "scale to multiple"]
+    assert options[1]["inputs"]["required"]["multiplier"] == ["FLOAT", {
+        "tooltip": "Scale factor (e.g., 2.0 doubles size, 0.5 halves size).", "default": 1.0, "min": 0.01,
+        "max": 8.0, "step": 0.01}]
+    assert list(options[7]["inputs"]["required"]) == ["match", "crop"]
+    assert required["scale_method"][1]["options"] == ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+    assert (info["output"], info["output_name"], info["output_matchtypes"]) == (
+        ["COMFY_MATCHTYPE_V3"], ["resized"], ["input_type"])
