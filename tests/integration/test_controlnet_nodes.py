@@ -163,3 +163,51 @@ def test_diff_controlnet_needs_and_uses_its_model(runtime, models_dir, image_pro
     without_model = image_prompt(prompt([("tiny-cn-diff.safetensors", 1.0, 0.0, 1.0)]))
     result = runtime.executor.execute(without_model, "nomodel", {}, None)
     assert result.status != "success" and "DiffControlNetLoader" in str(result.error)
+
+
+# ComfyUI 0.8.0's nodes.py / comfy_extras/nodes_controlnet.py, field by field
+COMFY_SCHEMAS = {
+    "ControlNetLoader": {
+        "input": {"required": {"control_net_name": "<files>"}}, "output": ["CONTROL_NET"],
+        "output_name": ["CONTROL_NET"], "display_name": "Load ControlNet Model", "category": "loaders",
+        "python_module": "nodes", "search_aliases": ["controlnet", "control net", "cn", "load controlnet",
+                                                     "controlnet loader"]},
+    "DiffControlNetLoader": {
+        "input": {"required": {"model": ["MODEL"], "control_net_name": "<files>"}}, "output": ["CONTROL_NET"],
+        "output_name": ["CONTROL_NET"], "display_name": "Load ControlNet Model (diff)", "category": "loaders",
+        "python_module": "nodes"},
+    "ControlNetApply": {
+        "input": {"required": {"conditioning": ["CONDITIONING"], "control_net": ["CONTROL_NET"], "image": ["IMAGE"],
+                               "strength": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}]}},
+        "output": ["CONDITIONING"], "output_name": ["CONDITIONING"], "display_name": "Apply ControlNet (OLD)",
+        "category": "conditioning/controlnet", "deprecated": True, "python_module": "nodes"},
+    "ControlNetApplyAdvanced": {
+        "input": {"required": {
+            "positive": ["CONDITIONING"], "negative": ["CONDITIONING"], "control_net": ["CONTROL_NET"],
+            "image": ["IMAGE"], "strength": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}],
+            "start_percent": ["FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}],
+            "end_percent": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}]},
+            "optional": {"vae": ["VAE"]}},
+        "output": ["CONDITIONING", "CONDITIONING"], "output_name": ["positive", "negative"],
+        "display_name": "Apply ControlNet", "category": "conditioning/controlnet", "python_module": "nodes",
+        "search_aliases": ["controlnet", "apply controlnet", "use controlnet", "control net"]},
+    "SetUnionControlNetType": {
+        "input": {"required": {"control_net": ["CONTROL_NET"], "type": [[
+            "auto", "openpose", "depth", "hed/pidi/scribble/ted", "canny/lineart/anime_lineart/mlsd", "normal",
+            "segment", "tile", "repaint"]]}},
+        "output": ["CONTROL_NET"], "output_name": ["CONTROL_NET"], "category": "conditioning/controlnet",
+        "python_module": "comfy_extras.nodes_controlnet"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMFY_SCHEMAS))
+def test_schemas_equal_comfyui(runtime, name):
+    info = runtime.registry.object_info(runtime.paths)[name]
+    files = runtime.paths.list("controlnet")
+    for key, expected in COMFY_SCHEMAS[name].items():
+        if key == "input":
+            expected = {section: {k: ([files] if v == "<files>" else v) for k, v in inputs.items()}
+                        for section, inputs in expected.items()}
+            assert info["input_order"] == {s: list(v) for s, v in expected.items()}
+        assert info[key] == expected, key
+    assert info.get("deprecated", False) == COMFY_SCHEMAS[name].get("deprecated", False)
