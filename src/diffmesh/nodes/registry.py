@@ -8,7 +8,7 @@ from typing import Any, Iterable, Iterator
 from diffmesh.nodes.base import NodeDef, SchemaEnv
 
 CORE_MODULES = ("loaders", "conditioning", "sampling", "latent", "image", "io", "dit", "text_encoders", "video", "vision", "gligen",
-                "latent_batch", "image_extra", "conditioning_extra", "custom_sampler",
+                "latent_batch", "image_extra", "conditioning_extra", "custom_sampler", "controlnet",
                 "extras_logic", "extras_math", "extras_images", "extras_string", "extras_resize")
 OPTIONAL_MODULES = ("devices",)        # multi-device nodes (SelectModelDevice, MultiGPU_WorkUnits, ...)
 

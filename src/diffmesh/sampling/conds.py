@@ -116,7 +116,8 @@ def prepare_conds(conds: dict[str, list], model, x_shape, model_sampling) -> dic
             tensor, options = item[0], dict(item[1]) if len(item) > 1 else {}
             _refuse_unrun(options, model)
             entry = {k: v for k, v in options.items()
-                     if k in ("area", "strength", "mask", "mask_strength", "set_area_to_bounds")}
+                     if k in ("area", "strength", "mask", "mask_strength", "set_area_to_bounds", "control",
+                              "control_apply_to_uncond")}
             entry = _resolve_area_and_mask(entry, h, w)
             if "start_percent" in options:
                 entry["timestep_start"] = model_sampling.percent_to_sigma(options["start_percent"])
@@ -136,4 +137,27 @@ def prepare_conds(conds: dict[str, list], model, x_shape, model_sampling) -> dic
             for other in out:
                 if other != key:
                     _add_same_area_partner(out[other], c)
+    if "positive" in out:
+        applied = [c for c in out["positive"] if c.get("control_apply_to_uncond", False)]
+        for key in out:
+            if key != "positive":
+                _share_control(applied, out[key])
     return out
+
+
+def _share_control(conds: list[dict], uncond: list[dict]) -> None:
+    """The old ControlNetApply also controls the negative side (ComfyUI's `apply_empty_x_to_equal_area`):
+    when no negative entry without area has a control, the i-th controlled positive entry's control
+    goes onto a copy of the (i mod n)-th negative entry without area, which replaces that entry."""
+    cond_controls = [c["control"] for c in conds if "area" not in c and c.get("control") is not None]
+    others = []
+    for i, c in enumerate(uncond):
+        if "area" not in c:
+            if c.get("control") is not None:
+                return
+            others.append((c, i))
+    if not others:
+        return
+    for i, control in enumerate(cond_controls):
+        entry, index = others[i % len(others)]
+        uncond[index] = dict(entry, control=control)
