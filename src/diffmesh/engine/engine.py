@@ -39,6 +39,8 @@ from diffmesh.executors.base import Executor
 from diffmesh.models.handle import ModelHandle
 from diffmesh.parallel import batch as batch_parallel
 from diffmesh.parallel import cfg as cfg_parallel
+from diffmesh.parallel import patch as patch_parallel
+from diffmesh.parallel import patch_vae
 from diffmesh.parallel import sequence as sequence_parallel
 from diffmesh.parallel.queue import WorkerPool
 from diffmesh.parallel.request import parallel_options, plain_handle
@@ -69,6 +71,13 @@ def image_tokens(model: ModelHandle, job) -> int:
     return frames * -(-shape[-2] // 2) * -(-shape[-1] // 2)
 
 
+def patch_rows(model: ModelHandle, job) -> tuple[int, int]:
+    """(latent rows, band unit) of an SD-UNet job for patch parallel; (0, 1) for other models."""
+    if model.family not in patch_parallel.FAMILIES or job.latent.ndim != 4:
+        return 0, 1
+    return int(job.latent.shape[-2]), patch_parallel.FAMILY_ALIGN[model.family]
+
+
 class EngineScope:
     """Model operations over a set of workers: placement, parallel plan, retry on worker death."""
 
@@ -93,8 +102,10 @@ class EngineScope:
     def plan(self, model: ModelHandle, job) -> SamplePlan:
         request = parallel_options(model)                          # a node's request wins over the flag
         mode = request.strategy if request is not None else self.root.parallel
+        rows, align = patch_rows(model, job)
         workload = Workload(batch=int(job.latent.shape[0]), cfg=float(job.cfg), tokens=image_tokens(model, job),
-                            batch_coupled=get_sampler(job.sampler_name).batch_coupled)
+                            batch_coupled=get_sampler(job.sampler_name).batch_coupled,
+                            patch_rows=rows, patch_align=align)
         main = self.worker_for(plain_handle(model))
         workers = request.workers_for(self.workers, main) if request is not None else self.workers
         return plan_sample(workload, workers, mode, main_worker=main)
@@ -132,11 +143,17 @@ class EngineScope:
                                        image, crop)
 
     def vae_decode(self, vae: ModelHandle, samples: torch.Tensor, tiling: dict | None = None) -> torch.Tensor:
-        """Latents -> images; a batch is split over the scope's workers (each sample decodes alone)."""
-        return self._vae_call("vae_decode", vae, samples, tiling)
+        """Latents -> images; one image split in bands of rows, tiles dealt over the workers
+        (`parallel.patch_vae`), or a batch split over the scope's workers (each sample decodes alone)."""
+        spread = patch_vae.run_vae(self, vae, samples, tiling, encode=False)
+        return spread if spread is not None else self._vae_call("vae_decode", vae, samples, tiling)
 
-    def vae_encode(self, vae: ModelHandle, pixels: torch.Tensor) -> torch.Tensor:
-        return self._vae_call("vae_encode", vae, pixels)
+    def vae_encode(self, vae: ModelHandle, pixels: torch.Tensor, tiling: dict | None = None) -> torch.Tensor:
+        """Images -> latents, spread as `vae_decode`; `tiling` {"tile_size", "overlap"}: VAEEncodeTiled."""
+        spread = patch_vae.run_vae(self, vae, pixels, tiling, encode=True)
+        if spread is not None:
+            return spread
+        return self._vae_call("vae_encode", vae, pixels, **({"tiling": tiling} if tiling else {}))
 
     def sample(self, model: ModelHandle, job, progress: Progress | None = None) -> torch.Tensor:
         plan = self.plan(model, job)
@@ -146,7 +163,7 @@ class EngineScope:
             return self._sample_batch(handle, job, plan, progress)
         if plan.strategy == "cfg":
             return self._sample_cfg(handle, job, plan, progress)
-        if plan.strategy in ("sequence", "cfg_sequence"):
+        if plan.strategy in ("sequence", "cfg_sequence", "patch"):
             return self._sample_sequence(handle, job, plan, progress)
         return self._call_once_retried(plan.workers[0], "sample", handle, job, progress=progress)
 
@@ -185,12 +202,13 @@ class EngineScope:
         ranges = batch_parallel.split_batch(rows, [self.root.infos[w].speed for w in workers])
         return [(w, a, b) for w, (a, b) in zip(workers, ranges) if b > a]
 
-    def _vae_call(self, method: str, vae: ModelHandle, tensor: torch.Tensor, *extra: Any) -> torch.Tensor:
+    def _vae_call(self, method: str, vae: ModelHandle, tensor: torch.Tensor, *extra: Any,
+                  **kwargs: Any) -> torch.Tensor:
         parts = self._vae_parts(vae, int(tensor.shape[0]))
         handle = plain_handle(vae)
         if len(parts) == 1:
-            return self._call_once_retried(parts[0][0], method, handle, tensor, *extra)
-        results = self._run_parts(method, [(w, (handle, tensor[a:b], *extra)) for w, a, b in parts])
+            return self._call_once_retried(parts[0][0], method, handle, tensor, *extra, **kwargs)
+        results = self._run_parts(method, [(w, (handle, tensor[a:b], *extra)) for w, a, b in parts], **kwargs)
         return torch.cat(results, dim=0)            # images (B,H,W,3) or latents (B,4,h,w)
 
     def _sample_cfg(self, handle: ModelHandle, job, plan: SamplePlan, progress: Progress | None) -> torch.Tensor:
@@ -218,6 +236,10 @@ class EngineScope:
         the workers runs cond, the second uncond, each half one sequence group; rank i of one half
         exchanges its CFG prediction with rank i of the other."""
         attention = self.root.sequence_attention
+        if plan.strategy == "patch":            # the same job everywhere; the rank picks the band
+            group = self.root.sequence_groups.group(plan.workers)
+            return [(w, job, {"patch": {"group": group.group, "rank": r, "world": len(plan.workers)}})
+                    for r, w in enumerate(plan.workers)], [group]
         if plan.strategy == "sequence":
             group = self.root.sequence_groups.group(plan.workers)
             return [(w, part, {"sequence": seq}) for w, part, seq in

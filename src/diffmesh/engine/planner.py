@@ -13,6 +13,9 @@ unit speed" and the cheapest wins; ties go to the simpler strategy:
             tokens, where the exchanges cost more than the split saves;
   cfg_sequence: (cfg != 1, 4+ workers) cond on one half, uncond on the other, each half
             sequence-split: B rows per half, each worker 2/P of the tokens, both overheads.
+  patch:    (SD UNets only) every row on every worker, each with a band of 1/P of the latent rows,
+            plus an exchange overhead per extra worker (halo rows, norm statistics, keys and values
+            in every block); in auto only when every band gets MIN_PATCH_ROWS latent rows or more.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from dataclasses import asdict, dataclass, field
 from diffmesh.engine.placement import WorkerInfo
 from diffmesh.parallel.batch import split_batch
 
-MODES = ("auto", "none", "batch", "cfg", "queue", "sequence")
+MODES = ("auto", "none", "batch", "cfg", "queue", "sequence", "patch")
 CFG_EXCHANGE_OVERHEAD = 0.05          # fraction of a step lost to the exchange and lockstep waiting
 SEQUENCE_OVERHEAD = 0.10              # per extra worker: fraction of a step lost to the per-block exchanges
 MIN_SEQUENCE_TOKENS = 256             # image tokens per worker below which sequence parallel is not offered
+PATCH_OVERHEAD = 0.10                 # per extra worker: fraction of a step lost to the halo / norm / K,V exchanges
+MIN_PATCH_ROWS = 32                   # latent rows per worker (256 px) below which auto does not offer patch
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class Workload:
     model_bytes: int | None = None     # for the memory check, when known
     tokens: int = 0                    # image tokens of a diffusion transformer (0: no sequence split)
     batch_coupled: bool = False        # the sampler couples batch items (dpm_adaptive's step control)
+    patch_rows: int = 0                # latent rows of a UNet job patch parallel can split (0: not a UNet)
+    patch_align: int = 8               # rows per band unit: the UNet's total downsampling factor
 
     @property
     def uses_uncond(self) -> bool:
@@ -119,6 +126,27 @@ def _cfg_sequence(workload: Workload, workers: list[WorkerInfo], main: WorkerInf
                       cost=cost)
 
 
+def _patch(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo, asked: bool) -> SamplePlan | None:
+    """Bands of latent rows over as many workers as get a whole band (MIN_PATCH_ROWS rows in auto)."""
+    units = workload.patch_rows // workload.patch_align if workload.patch_rows % workload.patch_align == 0 else 0
+    count = min(len(workers), units if asked else min(units, workload.patch_rows // MIN_PATCH_ROWS))
+    if count < 2:
+        return None
+    others = sorted((w for w in workers if w.worker_id != main.worker_id), key=lambda w: -w.speed)
+    group = [main] + others[:count - 1]
+    rows = workload.batch * (2 if workload.uses_uncond else 1)
+    cost = rows / (count * min(w.speed for w in group)) * (1 + PATCH_OVERHEAD * (count - 1))
+    return SamplePlan("patch", tuple(w.worker_id for w in group),
+                      reason=f"{workload.patch_rows} latent rows split in bands over {count} workers", cost=cost)
+
+
+def _why_no_patch(workload: Workload) -> str:
+    if not workload.patch_rows:
+        return "patch parallel asked for, but the model is not an SD UNet"
+    return (f"patch parallel asked for, but {workload.patch_rows} latent rows do not split into bands of "
+            f"{workload.patch_align} rows over 2 or more workers")
+
+
 def plan_sample(workload: Workload, workers: list[WorkerInfo], mode: str = "auto",
                 main_worker: int | None = None) -> SamplePlan:
     """Pick single, batch or CFG parallel for one job over `workers` (the prompt's workers)."""
@@ -137,6 +165,9 @@ def plan_sample(workload: Workload, workers: list[WorkerInfo], mode: str = "auto
         hybrid = _cfg_sequence(workload, usable, main, 1)
         return min((p for p in (sequence, hybrid) if p is not None), key=lambda p: p.cost, default=None) \
             or _single(workload, main, why)
+    patch = _patch(workload, usable, main, asked=mode == "patch")
+    if mode == "patch":
+        return patch or _single(workload, main, _why_no_patch(workload))
     if mode == "batch":
         why = ("the sampler chooses its steps over the whole batch (dpm_adaptive), so a split would change the images"
                if workload.batch_coupled else "the batch has one sample")
@@ -144,5 +175,6 @@ def plan_sample(workload: Workload, workers: list[WorkerInfo], mode: str = "auto
     if mode == "cfg":
         return cfg or (batch or _single(workload, main, "CFG parallel asked for, but cfg is 1 (no uncond pass)"))
     hybrid = _cfg_sequence(workload, usable, main)
-    candidates = [single] + [p for p in (batch, cfg, sequence, hybrid) if p is not None]     # order = preference on ties
+    # order = preference on ties
+    candidates = [single] + [p for p in (batch, cfg, sequence, hybrid, patch) if p is not None]
     return min(candidates, key=lambda p: p.cost)

@@ -77,15 +77,18 @@ class Worker:
         return self._run(clip_vision, lambda encoder: encoder.encode_image(image, crop))
 
     def sample(self, model: ModelHandle, job, emit: Emit = _no_emit, group: str | None = None,
-               sequence: dict | None = None) -> torch.Tensor:
+               sequence: dict | None = None, patch: dict | None = None) -> torch.Tensor:
         """Run a sampling job. A CFG-parallel half (`job.cfg_part`) exchanges through group `group`;
         with `sequence` ({"group", "rank", "world", "mode"}) the transformer runs on this worker's
-        share of the image tokens (`parallel.sequence`)."""
+        share of the image tokens (`parallel.sequence`); with `patch` ({"group", "rank", "world"})
+        the UNet runs on this worker's band of latent rows (`parallel.patch`)."""
+        from diffmesh.parallel.patch import PatchModel
         from diffmesh.parallel.sequence import SequenceModel
         from diffmesh.sampling.pipeline import run_sample_job
 
         self.interrupt_flag.clear()
-        shard = self._sequence_shard(sequence) if sequence else None
+        shard = self._sequence_shard(sequence) if sequence else (self._patch_shard(patch) if patch else None)
+        wrap = PatchModel if patch else SequenceModel
         agreed = [False]                    # CFG x sequence: the stop the sequence group agreed on
         if job.cfg_part is not None:
             # alone, a CFG half sends its own interrupt flag; in CFG x sequence it sends the one its sequence
@@ -103,7 +106,7 @@ class Worker:
 
         def run(unet):
             with self._control_networks(job) as networks:
-                return run_sample_job(unet if shard is None else SequenceModel(unet, shard), job, on_step,
+                return run_sample_job(unet if shard is None else wrap(unet, shard), job, on_step,
                                       control_networks=networks)
 
         return self._run(model, run)
@@ -133,14 +136,53 @@ class Worker:
         return SequenceShard(handle, sequence["rank"], sequence["world"], sequence.get("mode", "auto"),
                              on_device=backend == "nccl")
 
+    def _patch_shard(self, patch: dict):
+        from diffmesh.parallel.patch import PatchShard
+
+        if patch["group"] not in self._groups:
+            raise ValueError(f"worker {self.spec.worker_id} is not in process group {patch['group']!r}; "
+                             "the engine must call init_process_group first")
+        handle, backend = self._groups[patch["group"]]
+        return PatchShard(handle, patch["rank"], patch["world"], on_device=backend == "nccl")
+
     def vae_decode(self, vae: ModelHandle, samples: torch.Tensor, tiling: dict | None = None,
-                   emit: Emit = _no_emit) -> torch.Tensor:
+                   emit: Emit = _no_emit, patch: dict | None = None) -> torch.Tensor:
+        """Latents -> images; with `patch` ({"group", "rank", "world"}) this worker's band of image rows."""
+        if patch:
+            from diffmesh.parallel.patch import decode_band
+
+            shard = self._patch_shard(patch)
+            return self._run(vae, lambda model: decode_band(model, samples, shard))
         if tiling:
             return self._run(vae, lambda model: model.decode_tiled(samples, **tiling))
         return self._run(vae, lambda model: model.decode(samples))
 
-    def vae_encode(self, vae: ModelHandle, pixels: torch.Tensor, emit: Emit = _no_emit) -> torch.Tensor:
+    def vae_encode(self, vae: ModelHandle, pixels: torch.Tensor, emit: Emit = _no_emit,
+                   patch: dict | None = None, tiling: dict | None = None) -> torch.Tensor:
+        """Images -> latents; with `patch` this worker's band of latent rows; with `tiling`
+        ({"tile_size", "overlap"}) VAEEncodeTiled's tiles."""
+        if patch:
+            from diffmesh.parallel.patch import encode_band
+
+            shard = self._patch_shard(patch)
+            return self._run(vae, lambda model: encode_band(model, pixels, shard))
+        if tiling:
+            # a video VAE (Wan) has no tiled encoder: it encodes whole, as before
+            return self._run(vae, lambda model: model.encode_tiled(pixels, **tiling) if hasattr(model, "encode_tiled")
+                             else model.encode(pixels))
         return self._run(vae, lambda model: model.encode(pixels))
+
+    def vae_tiles(self, vae: ModelHandle, tensor: torch.Tensor, part: dict, emit: Emit = _no_emit) -> dict:
+        """VAEDecodeTiled / VAEEncodeTiled tiles dealt over workers: `part` {"tile_size", "overlap",
+        "encode", "rank", "world"}; this worker runs tiles rank, rank + world, ... of the plan and
+        returns {"plan": TilePlan, "pieces": {tile index: output}}; the engine blends them."""
+        def run(model):
+            plan = model.tile_plan(tuple(tensor.shape), part["tile_size"], part["overlap"], part["encode"])
+            jobs = plan.jobs()
+            mine = list(range(part["rank"], len(jobs), part["world"]))
+            pieces = model.run_tiles(tensor, [jobs[i] for i in mine], part["encode"])
+            return {"plan": plan, "pieces": dict(zip(mine, pieces))}
+        return self._run(vae, run)
 
     def _with_exchange(self, job, group: str | None, should_stop=None):
         from dataclasses import replace

@@ -120,9 +120,10 @@ def latent_crop(ctx: NodeContext, samples: dict, width: int, height: int, x: int
 
 def vae_encode_tiled(ctx: NodeContext, pixels: torch.Tensor, vae, tile_size: int, overlap: int,
                      temporal_size: int = 64, temporal_overlap: int = 8):
-    """Encodes the image whole: diffmesh's VAE workers have no tiled encoder yet, so the result is
-    VAE Encode's (ComfyUI's tiles differ from it only near tile seams)."""
-    return ({"samples": ctx.engine.vae_encode(vae, pixels[:, :, :, :3])},)
+    """ComfyUI's tiled encode: three averaged tilings of `tile_size` pixels overlapping by `overlap`
+    (`models.vae_tiles`); several workers share the tiles. temporal_*: video VAEs only (unused here)."""
+    tiling = {"tile_size": tile_size, "overlap": overlap}
+    return ({"samples": ctx.engine.vae_encode(vae, pixels[:, :, :, :3], tiling)},)
 
 
 def _pixels(default: int, low: int = 0) -> dict:
