@@ -61,6 +61,24 @@ COMFYUI = {
                      ["STRING"], ["STRING"], "text"),
     "ImageCompare": ({"required": {"compare_view": ["IMAGECOMPARE", {"socketless": True}]},
                       "optional": {"image_a": ["IMAGE", {}], "image_b": ["IMAGE", {}]}}, [], [], "image"),
+    "LatentCompositeMasked": ({"required": {"destination": ["LATENT", {}], "source": ["LATENT", {}],
+                                            "x": ["INT", {"default": 0, "min": 0, "max": 16384, "step": 8}],
+                                            "y": ["INT", {"default": 0, "min": 0, "max": 16384, "step": 8}],
+                                            "resize_source": ["BOOLEAN", {"default": False}]},
+                               "optional": {"mask": ["MASK", {}]}}, ["LATENT"], ["LATENT"], "model/latent"),
+    "ImageColorToMask": ({"required": {"image": ["IMAGE", {}], "color": ["INT", {"default": 0, "min": 0, "max": 16777215,
+                                                                                  "step": 1, "display": "number"}]}},
+                         ["MASK"], ["MASK"], "image/mask"),
+    "GrowMask": ({"required": {"mask": ["MASK", {}], "expand": ["INT", {"default": 0, "min": -16384, "max": 16384, "step": 1}],
+                               "tapered_corners": ["BOOLEAN", {"advanced": True, "default": True}]}},
+                 ["MASK"], ["MASK"], "image/mask"),
+    "MaskPreview": ({"required": {"mask": ["MASK", {}]}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}},
+                    ["MASK"], ["mask"], "image/mask"),
+    "LatentBatchSeedBehavior": ({"required": {"samples": ["LATENT", {}], "seed_behavior": [
+        "COMBO", {"default": "fixed", "multiselect": False, "options": ["random", "fixed"]}]}},
+        ["LATENT"], ["LATENT"], "model/latent/advanced"),
+    "RebatchLatents": ({"required": {"latents": ["LATENT", {}], "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}]}},
+                       ["LATENT"], ["LATENT"], "model/latent/batch"),
     "ManualSigmas": ({"required": {"sigmas": ["STRING", {"default": "1, 0.5", "multiline": False}]}},
                      ["SIGMAS"], ["SIGMAS"], "model/sampling/sigmas"),
 }
@@ -120,3 +138,9 @@ def test_resize_image_mask_declares_comfyuis_inputs(registry):
     assert required["scale_method"][1]["options"] == ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
     assert (info["output"], info["output_name"], info["output_matchtypes"]) == (
         ["COMFY_MATCHTYPE_V3"], ["resized"], ["input_type"])
+
+
+def test_rebatch_nodes_take_and_give_lists(registry):
+    for name in ("RebatchLatents", "RebatchImages"):
+        info = registry[name].schema.to_object_info(None)
+        assert info["is_input_list"] is True and info["output_is_list"] == [True]
