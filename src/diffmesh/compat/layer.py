@@ -98,10 +98,10 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return importlib.util.spec_from_loader(fullname, self, is_package=fullname in PACKAGES)
         root = fullname.partition(".")[0]
         if root in ROOTS and not (root == "aiohttp" and self.layer.real_aiohttp):
-            offered = ", ".join(sorted(n for n in BUILDERS if n.partition(".")[0] == root)) or root
-            raise ModuleNotFoundError(
-                f"No module named {fullname!r}: diffmesh's ComfyUI compatibility layer offers only {offered} "
-                f"(the supported names are listed in {DOC})", name=fullname)
+            offered = ", ".join(sorted(n for n in BUILDERS if n.partition(".")[0] == root))
+            what = f"offers only {offered}" if offered else f"does not offer {root}"
+            raise ModuleNotFoundError(f"No module named {fullname!r}: diffmesh's ComfyUI compatibility layer {what} "
+                                      f"(the supported names are listed in {DOC})", name=fullname)
         return None
 
     def create_module(self, spec) -> types.ModuleType:

@@ -88,7 +88,8 @@ def adapt_v3_class(cls: type, module_name: str, running: Callable, hook: Callabl
     lazy = any(getattr(i, "lazy", None) for i in declared.inputs)
 
     def is_changed(paths, **inputs):
-        return cls.fingerprint_inputs(**{k: v for k, v in inputs.items() if k not in hidden_names})
+        return running(None, lambda: cls.fingerprint_inputs(**{k: v for k, v in inputs.items()
+                                                                 if k not in hidden_names}))
 
     def check_lazy_status(ctx, **inputs):
         return running(ctx, lambda: cls.check_lazy_status(**{k: v for k, v in inputs.items() if k not in hidden_names}))

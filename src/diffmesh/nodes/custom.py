@@ -161,23 +161,23 @@ def _class_hook(cls: type, attr: str):
     return call, names, any(p.kind == p.VAR_KEYWORD for p in params)
 
 
-def _is_changed(cls: type):
+def _is_changed(cls: type, layer=None):
     """IS_CHANGED gets every input (linked ones as None) and the hidden ones, as in ComfyUI."""
     hook, _, _ = _class_hook(cls, "IS_CHANGED")
 
     def is_changed(paths, **inputs):
-        return hook(**inputs)
+        return _running(None, lambda: hook(**inputs), layer)
     return is_changed
 
 
-def _validate_inputs(cls: type, attr: str = "VALIDATE_INPUTS"):
+def _validate_inputs(cls: type, attr: str = "VALIDATE_INPUTS", layer=None):
     """VALIDATE_INPUTS (V3: validate_inputs) as `validate_inputs(paths, <its parameter names>)`
     (plus **kwargs when it has them): the validator passes the inputs it names (linked ones as
     None, `input_types` the linked types), and those inputs skip the built-in checks."""
     hook, names, var_kw = _class_hook(cls, attr)
 
     def validate_inputs(paths, **inputs):
-        return hook(**inputs)
+        return _running(None, lambda: hook(**inputs), layer)
 
     param = inspect.Parameter
     params = [param("paths", param.POSITIONAL_OR_KEYWORD)] + [param(n, param.KEYWORD_ONLY) for n in names]
@@ -199,9 +199,9 @@ def _active(layer):
     return layer.active() if layer is not None else contextlib.nullcontext()
 
 
-def _running(ctx: NodeContext, call, layer=None):
-    """call() with `ctx` as the running node's context (and the layer's modules importable);
-    a coroutine it returns keeps both while it runs."""
+def _running(ctx: NodeContext | None, call, layer=None):
+    """call() with `ctx` as the running node's context (None for IS_CHANGED/VALIDATE_INPUTS) and
+    the layer's modules importable; a coroutine it returns keeps both while it runs."""
     token = _RUNNING.set(ctx)
     try:
         with _active(layer):
@@ -247,8 +247,8 @@ def adapt_v1_class(name: str, cls: type, display_name: str | None = None,
         raise TypeError(f"{name}: FUNCTION names {function!r}, which the class does not define")
     schema = _schema(name, cls, display_name or name, module_name)
     return NodeDef(schema=schema, execute=_execute(cls, function, layer),
-                   is_changed=_is_changed(cls) if hasattr(cls, "IS_CHANGED") else None,
-                   validate_inputs=_validate_inputs(cls) if hasattr(cls, "VALIDATE_INPUTS") else None,
+                   is_changed=_is_changed(cls, layer) if hasattr(cls, "IS_CHANGED") else None,
+                   validate_inputs=_validate_inputs(cls, layer=layer) if hasattr(cls, "VALIDATE_INPUTS") else None,
                    not_idempotent=bool(getattr(cls, "NOT_IDEMPOTENT", False)),
                    check_lazy_status=_check_lazy_status(cls, layer) if callable(getattr(cls, "check_lazy_status", None))
                    else None,
@@ -337,7 +337,8 @@ def _adapt(name: str, cls: type, display: str | None, module_name: str, layer) -
     from diffmesh.compat.v3 import adapt_v3_class, is_v3_class
 
     if is_v3_class(cls):
-        return adapt_v3_class(cls, module_name, lambda ctx, call: _running(ctx, call, layer), _validate_inputs)
+        return adapt_v3_class(cls, module_name, lambda ctx, call: _running(ctx, call, layer),
+                              lambda node, attr: _validate_inputs(node, attr, layer))
     return adapt_v1_class(name, cls, display, module_name, layer)
 
 

@@ -104,6 +104,8 @@ class Denoiser:
         t = ms.timestep(sigma).float()
         if self.denoise_mask is not None and getattr(self.model, "mask_sets_timestep", False):
             extra = {**extra, "denoise_mask": repeat_to_batch_size(self.denoise_mask, x.shape[0])}
+        if self.denoise_mask is not None and getattr(self.model, "mask_sets_timestep", False):
+            extra = {**extra, "denoise_mask": repeat_to_batch_size(self.denoise_mask, x.shape[0])}
         if residuals is not None:
             out = self.model(xc, t, context, control=residuals, **extra).float()
         else:
@@ -212,6 +214,8 @@ class Denoiser:
         latent_mask = 1.0 - mask
         s = sigma.reshape([sigma.shape[0]] + [1] * (self.noise.ndim - 1))
         known = self.model_sampling.noise_scaling(s, self.noise, self.latent_image)
+        if getattr(self.model, "mask_sets_timestep", False):
+            known = self.latent_image               # the known frames stay clean: the model sees them at t = 0
         if getattr(self.model, "mask_sets_timestep", False):
             known = self.latent_image               # the known frames stay clean: the model sees them at t = 0
         x = x * mask + known * latent_mask

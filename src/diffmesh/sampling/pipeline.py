@@ -19,7 +19,17 @@ from .samplers import get_sampler
 
 
 def prepare_mask(noise_mask: torch.Tensor, shape, device) -> torch.Tensor:
-    """Inpaint mask (B,H,W) / (H,W) / (B,1,H,W) -> (B,C,h,w) at latent size (bilinear), repeated to the batch."""
+    """Inpaint mask (B,H,W) / (H,W) / (B,1,H,W) -> (B,C,h,w) at latent size (bilinear), repeated to the batch;
+    for a video latent (B,C,T,h,w), a (B,1,T,h,w) mask (or frames stacked as (T,h,w)) -> trilinear, as
+    ComfyUI's reshape_mask."""
+    if len(shape) == 5:
+        mask = noise_mask.float()
+        if mask.ndim < 5:
+            mask = mask.reshape((1, 1, -1, mask.shape[-2], mask.shape[-1]))
+        mask = torch.nn.functional.interpolate(mask, size=tuple(shape[2:]), mode="trilinear")
+        if mask.shape[1] < shape[1]:
+            mask = mask.repeat((1, shape[1], 1, 1, 1))[:, :shape[1]]
+        return repeat_to_batch_size(mask, shape[0]).to(device)
     mask = noise_mask.reshape((-1, 1, noise_mask.shape[-2], noise_mask.shape[-1])).float()
     mask = torch.nn.functional.interpolate(mask, size=(shape[2], shape[3]), mode="bilinear")
     if mask.shape[1] < shape[1]:

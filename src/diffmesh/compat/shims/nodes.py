@@ -10,6 +10,7 @@ still goes through diffmesh's engine.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from types import MappingProxyType
 
 from diffmesh.compat.modules import new_module
@@ -72,17 +73,40 @@ def v1_class(definition, paths):
     return type(schema.name, (), attrs)
 
 
+class NodeClasses(Mapping):
+    """`NODE_CLASS_MAPPINGS`: the registry's nodes (core and custom, those added later too) as V1
+    classes, each built once."""
+
+    def __init__(self, registry, paths):
+        self._registry, self._paths = registry, paths
+        self._classes: dict[str, type] = {}
+
+    def __getitem__(self, name: str) -> type:
+        if name not in self._classes:
+            definition = self._registry[name]            # KeyError for an unknown node, as a dict
+            self._classes[name] = v1_class(definition, self._registry.env(self._paths))
+        return self._classes[name]
+
+    def __iter__(self):
+        return iter(self._registry.names())
+
+    def __len__(self) -> int:
+        return len(self._registry.names())
+
+
 def build(layer):
     module = new_module("nodes", "ComfyUI's core node classes, backed by diffmesh's nodes.")
-    mappings, display = {}, {}
-    env = layer.registry.env(layer.paths)
-    for name in layer.registry.names():
-        definition = layer.registry[name]
-        mappings[name] = cls = v1_class(definition, env)
-        display[name] = definition.schema.display_name
-        if name.isidentifier():
-            setattr(module, name, cls)
-    module.NODE_CLASS_MAPPINGS = mappings
-    module.NODE_DISPLAY_NAME_MAPPINGS = display
+    classes = NodeClasses(layer.registry, layer.paths)
+    missing = module.__getattr__
+
+    def __getattr__(name: str):
+        if name in layer.registry:
+            return classes[name]
+        return missing(name)
+
+    module.__getattr__ = __getattr__
+    module.NODE_CLASS_MAPPINGS = classes
+    module.NODE_DISPLAY_NAME_MAPPINGS = {name: layer.registry[name].schema.display_name
+                                         for name in layer.registry.names()}
     module.MAX_RESOLUTION = MAX_RESOLUTION
     return module
