@@ -171,3 +171,29 @@ def test_interrupt_reaches_a_pack_node_through_model_management(compat_server):
     assert events[-1]["type"] == "execution_interrupted" and events[-1]["data"]["node_id"] == "1"
     assert time.monotonic() - started < 10                                    # not the node's 30 s
     assert entry["status"]["completed"] is False
+
+
+def test_websocket_image_goes_as_type_4_png_to_a_client_with_preview_metadata(compat_server):
+    from websocket import create_connection
+
+    client_id = uuid.uuid4().hex
+    ws = create_connection(f"{compat_server.ws_url}?clientId={client_id}", timeout=60)
+    try:
+        ws.recv()                                                            # status
+        ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+        assert json.loads(ws.recv())["type"] == "feature_flags"
+        prompt = {"1": {"class_type": "CompatSolidImage", "inputs": {"width": 40, "height": 24, "value": 1.0,
+                                                                     "channel": "red"}},
+                  "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}}}
+        with compat_server.client() as http:
+            prompt_id = http.post("/api/prompt", json={"prompt": prompt, "client_id": client_id}).json()["prompt_id"]
+            _, frames = _events(ws, prompt_id)
+    finally:
+        ws.close()
+    assert len(frames) == 1
+    event_type, meta_length = struct.unpack(">II", frames[0][:8])
+    metadata = json.loads(frames[0][8:8 + meta_length])
+    assert event_type == 4 and metadata["image_type"] == "image/png" and metadata["node_id"] == "2"
+    assert metadata["prompt_id"] == prompt_id
+    image = Image.open(io.BytesIO(frames[0][8 + meta_length:]))
+    assert image.format == "PNG" and image.size == (40, 24) and image.getpixel((0, 0)) == (255, 0, 0)
