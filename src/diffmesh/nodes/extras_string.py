@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import re
+import string as ascii_names
 
 import torch
 
 from diffmesh.nodes.base import NodeContext
+from diffmesh.nodes.dynamic_inputs import autogrow, nest
 from diffmesh.nodes.extras_base import choice, outs, text, v3, v3_node
 
 STRING = "comfy_extras.nodes_string"
@@ -20,6 +22,11 @@ NUMBER = re.compile(r"[-+]?(?:\d*\.*\d+)")         # ComfyUI's ManualSigmas patt
 def _flags(case_insensitive: bool, multiline: bool, dotall: bool) -> int:
     return ((re.IGNORECASE if case_insensitive else 0) | (re.MULTILINE if multiline else 0)
             | (re.DOTALL if dotall else 0))
+
+
+def string_format(ctx: NodeContext, f_string: str, **inputs):
+    """Python's str.format with the connected values by name (`{a}`, `{b:.2f}`), as ComfyUI."""
+    return (f_string.format(**nest(inputs, "values")["values"]),)
 
 
 def concatenate(ctx: NodeContext, string_a: str, string_b: str, delimiter: str):
@@ -128,6 +135,11 @@ def _node(name, display, inputs, outputs, function, aliases, **fields):
 
 
 NODES = (
+    _node("StringFormat", "Format Text",
+          (autogrow("values", v3("value", "*"), names=list(ascii_names.ascii_lowercase), min=0),
+           text("f_string", True, default="{a}")),
+          outs("STRING"), string_format, ("string", "format"),
+          description="Same as Python's string format method. Supports all of Python's format options and features."),
     _node("StringConcatenate", "Concatenate Text",
           (text("string_a", True), text("string_b", True), text("delimiter", False, default="")),
           outs("STRING"), concatenate,
