@@ -21,7 +21,8 @@ DELEGATED = {
     "bench": ("diffmesh.benchmarks.cli", "run benchmarks (JSON output)"),
 }
 FAMILIES = ("sd1", "sd2", "sd2v", "sdxl", "sd15", "flux", "flux-schnell", "flux-vae",
-            "clip_l", "t5xxl", "qwen3_4b", "qwen25_7b", "umt5xxl", "zimage", "qwenimage", "wan21vae", "wan21")
+            "clip_l", "t5xxl", "qwen3_4b", "qwen25_7b", "umt5xxl", "zimage", "qwenimage", "wan21vae", "wan21",
+            "wan22vae")
 
 
 def _error(message: str, code: int = 1) -> int:

@@ -42,8 +42,13 @@ WAN21 = {"reference": dict(dim=256, ffn=512, layers=2, in_dim=16, text_dim=4096,
          "1.3b": dict(dim=1536, ffn=8960, layers=30, in_dim=16, text_dim=4096, i2v=False),
          "1.3b-2layers": dict(dim=1536, ffn=8960, layers=2, in_dim=16, text_dim=4096, i2v=False),     # bench/wan.py
          "14b": dict(dim=5120, ffn=13824, layers=40, in_dim=16, text_dim=4096, i2v=False),
-         "14b-i2v": dict(dim=5120, ffn=13824, layers=40, in_dim=36, text_dim=4096, i2v=True)}
-FAMILIES = ("zimage", "qwenimage", "wan21vae", "wan21")
+         "14b-i2v": dict(dim=5120, ffn=13824, layers=40, in_dim=36, text_dim=4096, i2v=True),
+         # Wan 2.2 TI2V: the same layout on the 48-channel Wan 2.2 latent (family wan22)
+         "tiny-ti2v": dict(dim=128, ffn=256, layers=2, in_dim=48, text_dim=64, i2v=False, out_dim=48),
+         "5b": dict(dim=3072, ffn=14336, layers=30, in_dim=48, text_dim=4096, i2v=False, out_dim=48)}
+# Wan 2.2 VAE: "reference" has ComfyUI's widths (160, decoder 256); "tiny" keeps every key at small widths
+WAN22_VAE = {"reference": dict(dim=160, dec_dim=256), "tiny": dict(dim=8, dec_dim=12)}
+FAMILIES = ("zimage", "qwenimage", "wan21vae", "wan21", "wan22vae")
 # file names the reference runs (and ComfyUI's folders) use
 REFERENCE_NAMES = {"zimage": "zimage-random.safetensors", "qwenimage": "qwenimage-1block-random.safetensors",
                    "wan21vae": "wan21-vae-random.safetensors", "wan21": "wan21-t2v-tiny-random.safetensors"}
@@ -219,7 +224,7 @@ def wan21_spec(size: str) -> _Spec:
         s.linear(b + ".ffn.0", c["ffn"], d)
         s.linear(b + ".ffn.2", d, c["ffn"])
         s.items[b + ".modulation"] = ((1, 6, d), "n", d ** -0.5)
-    s.linear("head.head", 4 * 16, d)
+    s.linear("head.head", 4 * c.get("out_dim", 16), d)
     s.items["head.modulation"] = ((1, 2, d), "n", d ** -0.5)
     if c["i2v"]:
         for n in ("img_emb.proj.0", "img_emb.proj.4"):
@@ -231,7 +236,30 @@ def wan21_spec(size: str) -> _Spec:
     return s
 
 
-SPECS = {"zimage": zimage_spec, "qwenimage": qwenimage_spec, "wan21vae": wan_vae_spec, "wan21": wan21_spec}
+def wan22_vae_spec(size: str) -> _Spec:
+    """The Wan 2.2 VAE in the original layout: the shapes of diffusers' AutoencoderKLWan(is_residual)
+    under the original key names (`models.vae_wan22.original_key`); z_dim 48."""
+    from diffusers import AutoencoderKLWan
+
+    from diffmesh.models import vae_wan22
+
+    c = WAN22_VAE[size]
+    cfg = {**vae_wan22.config_for(c["dim"], c["dec_dim"], 48)}
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in AutoencoderKLWan(**cfg).state_dict().items()}
+    s = _Spec()
+    for key, shape in shapes.items():
+        name = vae_wan22.original_key(key)
+        if name.endswith(".gamma"):
+            s.scale(name, shape)
+        else:                           # conv weight, or its bias: U(+-1/sqrt(fan_in)) of the weight
+            weight = shapes[key[:-len("bias")] + "weight"] if key.endswith(".bias") else shape
+            s.items[name] = (shape, "u", math.prod(weight[1:]))
+    return s
+
+
+SPECS = {"zimage": zimage_spec, "qwenimage": qwenimage_spec, "wan21vae": wan_vae_spec, "wan21": wan21_spec,
+         "wan22vae": wan22_vae_spec}
 
 
 def _tensor(key: str, shape: tuple, kind: str, arg, seed: int) -> torch.Tensor:
@@ -263,7 +291,7 @@ def _spec(family: str, size: str) -> _Spec:
 def write(family: str, size: str, out_path: str | os.PathLike, seed: int = 0) -> str:
     """Write one file, one tensor in memory at a time: sorted keys, sorted metadata (reproducible bytes)."""
     spec = _spec(family, size)
-    part = "vae" if family == "wan21vae" else "model"
+    part = "vae" if family in ("wan21vae", "wan22vae") else "model"
     if size in ("reference", "full"):           # the reference script's metadata too: the same bytes
         meta = {"format": "pt", "generator": "make_dit_random.py", "family": "wan21" if part == "vae" else family,
                 "part": part, "seed": str(seed), "dtype": "fp32", "note": "random weights, NOT a trained model"}

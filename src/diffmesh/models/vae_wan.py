@@ -51,10 +51,11 @@ def _strip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def wan_vae_config(shapes: dict[str, tuple]) -> dict:
-    """AutoencoderKLWan arguments from an original-layout file's shapes."""
+    """AutoencoderKLWan arguments from an original-layout file's shapes (Wan 2.1 or Wan 2.2)."""
     if WAN22_MARKER in shapes:
-        raise ModelError("this is a Wan 2.2 VAE (48 latent channels), which diffmesh does not run yet",
-                         where="VAELoader", fix="use the Wan 2.1 VAE (wan_2.1_vae.safetensors) for Wan 2.1 and Qwen-Image")
+        from diffmesh.models import vae_wan22
+
+        return vae_wan22.config(shapes)
     dim = shapes["encoder.conv1.weight"][0]
     top = shapes["encoder.head.2.weight"][1]
     if top != dim * 4 or f"decoder.upsamples.{(LEVELS - 1) * (RES_BLOCKS + 2)}.residual.0.gamma" not in shapes:
@@ -73,21 +74,30 @@ def build_wan_vae(state_dict: dict[str, torch.Tensor], device, dtype: torch.dtyp
     from diffusers import AutoencoderKLWan
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
+    from diffmesh.models import vae_wan22
+
     sd = _strip(state_dict)
     cfg = wan_vae_config({k: tuple(v.shape) for k, v in sd.items()})
+    wan22 = cfg.get("is_residual", False)
     with torch.device("meta"):
         model = AutoencoderKLWan(**cfg)
-    missing, unexpected = model.load_state_dict(convert_wan_vae_to_diffusers(sd), strict=False, assign=True)
+    converted = vae_wan22.convert(sd) if wan22 else convert_wan_vae_to_diffusers(sd)
+    missing, unexpected = model.load_state_dict(converted, strict=False, assign=True)
     if missing or unexpected:
         raise ModelError(f"Wan VAE weights do not fit: missing {list(missing)[:4]}, unexpected {list(unexpected)[:4]}",
-                         where="VAELoader", fix="the file is not a complete Wan 2.1 VAE")
+                         where="VAELoader", fix=f"the file is not a complete Wan {'2.2' if wan22 else '2.1'} VAE")
     model = nn.Module.to(model, device=torch.device(device), dtype=dtype)
     model.eval().requires_grad_(False)
     return WanVAE(model)
 
 
 class WanVAE(DeviceAndDtype, nn.Module):
-    """VAEModel over diffusers' AutoencoderKLWan; 5-D latents, frames flattened into the image batch."""
+    """VAEModel over diffusers' AutoencoderKLWan; 5-D latents, frames flattened into the image batch.
+
+    Decode and encode run the network one causal chunk at a time with its feature caches, as ComfyUI
+    and diffusers do (decode: 1 latent frame per call; encode: frame 0, then 4 frames per call), and
+    move each chunk's output to the CPU as it comes: the device holds the weights, the caches and one
+    chunk's activations, whatever the clip's length (`bench/wan.py` measures memory per frame)."""
 
     latent_channels = 16
     downscale = 8
@@ -98,10 +108,35 @@ class WanVAE(DeviceAndDtype, nn.Module):
         super().__init__()
         self.autoencoder = autoencoder
         self.latent_channels = int(autoencoder.config.z_dim)
+        self.patch = int(autoencoder.config.patch_size or 1)           # Wan 2.2: 2x2 pixel patches
+        self.downscale = 8 * self.patch
+
+    def _caches(self, part: str) -> list:
+        return [None] * self.autoencoder._cached_conv_counts[part]
+
+    def _decode_chunks(self, z: torch.Tensor, write) -> None:
+        """Decode (1, C, T, h, w) latent frame by latent frame; write(frame_index, (1, 3, n, H, W) in [-1, 1])."""
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+        ae = self.autoencoder
+        x = ae.post_quant_conv(z.to(self.device, self.dtype))             # 1x1x1: per frame, small
+        cache, done = self._caches("decoder"), 0
+        for i in range(x.shape[2]):
+            out = ae.decoder(x[:, :, i:i + 1], feat_cache=cache, feat_idx=[0], first_chunk=(i == 0))
+            if self.patch > 1:
+                out = unpatchify(out, patch_size=self.patch)
+            write(done, out.clamp(-1.0, 1.0).float().cpu())
+            done += out.shape[2]
 
     def _decode_raw(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, C, T, h, w) -> (B, 3, T', 8h, 8w) in [-1, 1], float32 on CPU."""
-        return self.autoencoder.decode(z.to(self.device, self.dtype)).sample.float().cpu()
+        """(B, C, T, h, w) -> (B, 3, T', H, W) in [-1, 1], float32 on CPU."""
+        b, _, t, h, w = z.shape
+        out = torch.empty((b, 3, 1 + 4 * (t - 1), h * self.downscale, w * self.downscale))
+        for i in range(b):
+            def write(start, piece, i=i):
+                out[i:i + 1, :, start:start + piece.shape[2]] = piece
+            self._decode_chunks(z[i:i + 1], write)
+        return out
 
     @staticmethod
     def _five_d(samples: torch.Tensor) -> torch.Tensor:
@@ -115,7 +150,16 @@ class WanVAE(DeviceAndDtype, nn.Module):
 
     @torch.no_grad()
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
-        return self._to_images(self._decode_raw(self._five_d(samples)))
+        z = self._five_d(samples)
+        b, _, t, h, w = z.shape
+        frames = 1 + 4 * (t - 1)
+        images = torch.empty((b * frames, h * self.downscale, w * self.downscale, 3))
+        for i in range(b):                  # straight into the image batch: no second full-clip copy
+            def write(start, piece, i=i):
+                rows = slice(i * frames + start, i * frames + start + piece.shape[2])
+                images[rows] = ((piece[0] + 1.0) / 2.0).clamp(0.0, 1.0).movedim(0, -1)
+            self._decode_chunks(z[i:i + 1], write)
+        return images
 
     @torch.no_grad()
     def decode_tiled(self, samples: torch.Tensor, tile_size: int = 512, overlap: int = 64) -> torch.Tensor:
@@ -138,12 +182,24 @@ class WanVAE(DeviceAndDtype, nn.Module):
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Frames (N, H, W, 3) of one video -> latent mean (1, C, 1 + (N-1)//4, H/d, W/d), d = 8 (16 for
+        Wan 2.2); frames go to the device one causal chunk at a time (1, then 4 each)."""
+        from diffusers.models.autoencoders.autoencoder_kl_wan import patchify
+
         d = self.downscale
         h, w = pixels.shape[1], pixels.shape[2]
         hh, ww = (h // d) * d, (w // d) * d
         if (hh, ww) != (h, w):
             y0, x0 = (h % d) // 2, (w % d) // 2                           # centered crop, as ComfyUI
             pixels = pixels[:, y0:y0 + hh, x0:x0 + ww, :]
-        video = pixels[..., :3].movedim(-1, 0).unsqueeze(0)                 # (1, 3, N, H, W): images are frames
-        video = video.to(self.device, self.dtype) * 2.0 - 1.0
-        return self.autoencoder.encode(video).latent_dist.mean.float().cpu()
+        ae, cache, outs = self.autoencoder, self._caches("encoder"), []
+        n = pixels.shape[0]
+        for i in range(1 + (n - 1) // 4):
+            rows = slice(0, 1) if i == 0 else slice(1 + 4 * (i - 1), 1 + 4 * i)
+            video = pixels[rows, ..., :3].movedim(-1, 0).unsqueeze(0)       # (1, 3, n, H, W): images are frames
+            video = video.to(self.device, self.dtype) * 2.0 - 1.0
+            if self.patch > 1:
+                video = patchify(video, patch_size=self.patch)
+            outs.append(ae.encoder(video, feat_cache=cache, feat_idx=[0]))
+        moments = ae.quant_conv(torch.cat(outs, dim=2))
+        return moments[:, :self.latent_channels].float().cpu()

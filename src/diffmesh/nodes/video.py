@@ -71,6 +71,32 @@ def wan_image_to_video(ctx: NodeContext, positive, negative, vae, width: int, he
     return (positive, negative, latent)
 
 
+def wan22_image_to_video_latent(ctx: NodeContext, vae, width: int, height: int, length: int, batch_size: int,
+                                start_image=None):
+    """Wan22ImageToVideoLatent (Wan 2.2 TI2V 5B): the 48-channel latent (16x spatial). With a start image,
+    its VAE latent fills the first latent frames and `noise_mask` is 0 there: the sampler keeps those
+    frames and the model sees them at timestep 0 (per-frame timesteps, `models.dit.wan22`)."""
+    from diffmesh.nodes.image import common_upscale
+    from diffmesh.sampling.latent_formats import for_family
+
+    frames = ((length - 1) // 4) + 1
+    latent = torch.zeros([1, 48, frames, height // 16, width // 16])
+    if start_image is None:
+        return ({"samples": latent.repeat((batch_size, 1, 1, 1, 1))},)
+    start = common_upscale(start_image[:length].movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
+    encoded = ctx.engine.vae_encode(vae, start[..., :3])                              # (1, 48, t, h, w)
+    if encoded.shape[1] != latent.shape[1]:
+        raise ValueError(f"Wan22ImageToVideoLatent: the VAE gives {encoded.shape[1]}-channel latents; "
+                         "connect the Wan 2.2 VAE (wan2.2_vae.safetensors), whose latents have 48 channels")
+    latent[:, :, :encoded.shape[2]] = encoded
+    mask = torch.ones([1, 1, frames, latent.shape[-2], latent.shape[-1]])
+    mask[:, :, :encoded.shape[2]] = 0.0
+    # as ComfyUI: frames still to generate hold the latent format's mean (process_out of zeros)
+    latent = for_family("wan22").process_out(latent) * mask + latent * (1.0 - mask)
+    return ({"samples": latent.repeat((batch_size, 1, 1, 1, 1)),
+             "noise_mask": mask.repeat((batch_size, 1, 1, 1, 1))},)
+
+
 # ---------------------------------------------------------------- animated images
 
 def _pil_frames(images: torch.Tensor) -> list:
@@ -207,6 +233,15 @@ NODES = (
                 inp("start_image", "IMAGE", section="optional")),
         outputs=(OutputSpec("CONDITIONING", "positive"), OutputSpec("CONDITIONING", "negative"),
                  OutputSpec("LATENT", "latent")), python_module="comfy_extras.nodes_wan"), wan_image_to_video),
+    NodeDef(NodeSchema(
+        name="Wan22ImageToVideoLatent", display_name="Wan22ImageToVideoLatent", category="conditioning/inpaint",
+        inputs=(inp("vae", "VAE"),
+                inp("width", "INT", default=1280, min=32, max=MAX_RESOLUTION, step=32),
+                inp("height", "INT", default=704, min=32, max=MAX_RESOLUTION, step=32),
+                inp("length", "INT", default=49, min=1, max=MAX_RESOLUTION, step=4),
+                inp("batch_size", "INT", default=1, min=1, max=4096),
+                inp("start_image", "IMAGE", section="optional")),
+        outputs=(OutputSpec("LATENT"),), python_module="comfy_extras.nodes_wan"), wan22_image_to_video_latent),
     NodeDef(NodeSchema(
         name="SaveAnimatedWEBP", display_name="Save Animated WEBP", category="image",
         inputs=(inp("images", "IMAGE"), inp("filename_prefix", "STRING", default="ComfyUI"),

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from diffmesh.errors import ModelError
 from diffmesh.models import testmodels_dit as td
 from diffmesh.models import vae_wan
 
@@ -31,11 +30,12 @@ def test_config_reads_width_and_temporal_stages(tiny_sd):
     assert full["base_dim"] == 96
 
 
-def test_wan22_vae_is_refused_with_a_fix(tiny_sd):
-    shapes = {k: tuple(v.shape) for k, v in tiny_sd.items()}
-    shapes[vae_wan.WAN22_MARKER] = (1,)
-    with pytest.raises(ModelError, match="Wan 2.2"):
-        vae_wan.wan_vae_config(shapes)
+def test_a_wan22_vae_gets_the_residual_48_channel_config():
+    """Wan 2.2 was refused before it was supported; now its file gets the diffusers is_residual config
+    with ComfyUI's widths (160, decoder 256) read from the shapes."""
+    cfg = vae_wan.wan_vae_config({k: v[0] for k, v in td.wan22_vae_spec("reference").items.items()})
+    assert (cfg["base_dim"], cfg["decoder_base_dim"], cfg["z_dim"]) == (160, 256, 48)
+    assert cfg["is_residual"] and cfg["patch_size"] == 2 and cfg["temperal_downsample"] == [False, True, True]
 
 
 def test_video_latent_decodes_to_frames_in_order(vae):

@@ -28,6 +28,7 @@ FAMILY_MODULES = {
     "zimage": "zimage",
     "qwenimage": "qwen_image",
     "wan21": "wan",
+    "wan22": "wan22",
 }
 
 

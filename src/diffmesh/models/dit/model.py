@@ -48,6 +48,9 @@ class DiTModel(DeviceAndDtype, nn.Module):
         self.config = config
         self.model_sampling = model_sampling
         self.latent_format = latent_format
+        # Wan 2.2 5B: the denoiser hands the inpaint mask to the model (per-frame timesteps) and keeps
+        # the known latent un-noised (ComfyUI's WAN22.process_timestep / scale_latent_inpaint)
+        self.mask_sets_timestep = bool(config.get("frame_timesteps"))
 
     def extra_conds(self, options: dict[str, Any], x_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
         return self.family.extra_conds(options, x_shape)

@@ -51,6 +51,7 @@ PATCH = (1, 2, 2)
 FREQ_DIM = 256
 HEAD_DIM = 128              # ComfyUI fixes the head width: num_heads = dim / 128
 CLIP_VISION_DIM = 1280      # width of the CLIP-H vision rows the image-to-video model projects
+WAN22_CHANNELS = 48         # latent channels of the Wan 2.2 VAE (the TI2V 5B model's in/out width)
 
 
 class RMSNorm(nn.Module):
@@ -112,6 +113,17 @@ def _layer_norm(x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, (x.shape[-1],), eps=EPS)
 
 
+def per_token(m: torch.Tensor, tokens: int) -> torch.Tensor:
+    """(B, F, D) per-frame modulation -> (B, tokens, D): frame f's vector on its rows (tokens are
+    frame-major); ComfyUI's repeat_e, which also cuts a count that is not a multiple of F."""
+    if m.shape[1] == 1:
+        return m
+    reps = tokens // m.shape[1]
+    if reps * m.shape[1] != tokens:
+        reps += 1
+    return torch.repeat_interleave(m, reps, dim=1)[:, :tokens]
+
+
 class Block(nn.Module):
     def __init__(self, dim: int, ffn_dim: int, heads: int, image: bool):
         super().__init__()
@@ -123,8 +135,12 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, rope: torch.Tensor, context: torch.Tensor,
                 image_rows: int | None) -> torch.Tensor:
-        # (1, 6, D) + (B, 6, D) -> six (B, 1, D): shift/scale/gate of attention, then of the FFN
-        mod = (self.modulation.to(x.dtype) + e0).chunk(6, dim=1)
+        # (1, 6, D) + (B, 6, D) -> six (B, 1, D): shift/scale/gate of attention, then of the FFN;
+        # per-frame timesteps (Wan 2.2): (1, 1, 6, D) + (B, F, 6, D) -> six (B, L, D), each frame's rows
+        if e0.ndim == 4:
+            mod = [per_token(m, x.shape[1]) for m in (self.modulation.to(x.dtype).unsqueeze(0) + e0).unbind(2)]
+        else:
+            mod = (self.modulation.to(x.dtype) + e0).chunk(6, dim=1)
         y = self.self_attn(torch.addcmul(mod[0], _layer_norm(x), 1 + mod[1]), rope)
         x = torch.addcmul(x, y, mod[2])
         x = x + self.cross_attn(self.norm3(x), context, image_rows)
@@ -139,7 +155,11 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.empty(1, 2, dim))
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.modulation.to(x.dtype) + e.unsqueeze(1)).chunk(2, dim=1)   # (B, 1, D) each
+        if e.ndim == 3:                     # per-frame (B, F, D)
+            shift, scale = (per_token(m, x.shape[1])
+                            for m in (self.modulation.to(x.dtype).unsqueeze(0) + e.unsqueeze(2)).unbind(2))
+        else:
+            shift, scale = (self.modulation.to(x.dtype) + e.unsqueeze(1)).chunk(2, dim=1)   # (B, 1, D) each
         return self.head(torch.addcmul(shift, _layer_norm(x), 1 + scale))
 
 
@@ -162,6 +182,13 @@ def sinusoid(t: torch.Tensor, dim: int = FREQ_DIM) -> torch.Tensor:
     freqs = torch.pow(10000, -torch.arange(half, device=t.device).to(t).div(half))
     args = torch.outer(t, freqs)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+def frame_timesteps(timestep: torch.Tensor, denoise_mask: torch.Tensor) -> torch.Tensor:
+    """Wan 2.2 (ComfyUI's WAN22.process_timestep): timestep (B,) and the inpaint mask (B, C, T, h, w)
+    -> (B, T), each latent frame's timestep times its mean mask (0 on a given start frame)."""
+    mask = denoise_mask.to(timestep.dtype)
+    return (mask.mean(dim=(1, 3, 4), keepdim=True) * timestep.view(-1, 1, 1, 1, 1)).reshape(timestep.shape[0], -1)
 
 
 def rope_ids(frames: int, rows: int, cols: int, device: torch.device) -> torch.Tensor:
@@ -200,8 +227,10 @@ class WanTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                 concat: torch.Tensor | None = None, clip_fea: torch.Tensor | None = None,
-                **_: torch.Tensor) -> torch.Tensor:
+                denoise_mask: torch.Tensor | None = None, **_: torch.Tensor) -> torch.Tensor:
         b, _c, t, h, w = x.shape
+        if denoise_mask is not None and self.cfg.get("frame_timesteps"):
+            timestep = frame_timesteps(timestep, denoise_mask)
         missing = self.cfg["in_dim"] - x.shape[1]
         if missing > 0:                     # image-to-video: start-image channels, zeros when none were given
             concat = x.new_zeros((b, missing, t, h, w)) if concat is None else concat[:, :missing].to(x.dtype)
@@ -215,8 +244,12 @@ class WanTransformer(nn.Module):
         rope = rope_table(rope_ids(*grid, device=x.device), axes_dims(self.cfg["dim"] // self.cfg["num_heads"]),
                           ROPE_THETA)                                          # (1, L, hd/2, 2)
 
-        e = self.time_embedding(sinusoid(timestep.reshape(-1), FREQ_DIM).to(tokens.dtype))     # (B, D)
-        e0 = self.time_projection(e).unflatten(1, (6, self.cfg["dim"]))                        # (B, 6, D)
+        e = self.time_embedding(sinusoid(timestep.reshape(-1), FREQ_DIM).to(tokens.dtype))     # (B*F, D)
+        if timestep.ndim == 2:              # per-frame timesteps (B, F) -> e (B, F, D), e0 (B, F, 6, D)
+            e = e.reshape(b, -1, e.shape[-1])
+            e0 = self.time_projection(e).unflatten(2, (6, self.cfg["dim"]))
+        else:
+            e0 = self.time_projection(e).unflatten(1, (6, self.cfg["dim"]))                    # (B, 6, D)
         context = self.text_embedding(context)
         image_rows = None
         if clip_fea is not None:
@@ -235,20 +268,33 @@ class WanTransformer(nn.Module):
 
 # ---------------------------------- family ---------------------------------------------------
 
-def matches(shapes: dict[str, tuple]) -> bool:
+def is_wan(shapes: dict[str, tuple]) -> bool:
+    """ComfyUI's "wan2.1" image_model test (Wan 2.1 and Wan 2.2 files alike)."""
     return ("head.modulation" in shapes and "patch_embedding.weight" in shapes
             and "blocks.0.ffn.0.weight" in shapes)
 
 
+def out_channels(shapes: dict[str, tuple]) -> int:
+    return shapes["head.head.weight"][0] // math.prod(PATCH)
+
+
+def matches(shapes: dict[str, tuple]) -> bool:
+    """Wan 2.1 T2V/I2V and the Wan 2.2 14B experts (same network, 16-channel latent); the 48-channel
+    Wan 2.2 TI2V 5B is family `wan22` (models.dit.wan22), as ComfyUI's WAN22_T2V keys on out_dim 48."""
+    return is_wan(shapes) and out_channels(shapes) != WAN22_CHANNELS
+
+
 def config(shapes: dict[str, tuple]) -> dict:
     dim = shapes["head.modulation"][-1]
-    out_dim = shapes["head.head.weight"][0] // math.prod(PATCH)
+    out_dim = out_channels(shapes)
     return {
         "dim": dim, "num_heads": max(1, dim // HEAD_DIM), "out_dim": out_dim,
         "ffn_dim": shapes["blocks.0.ffn.0.weight"][0],
         "num_layers": len({k.split(".")[1] for k in shapes if k.startswith("blocks.")}),
         "in_dim": shapes["patch_embedding.weight"][1], "text_dim": shapes["text_embedding.0.weight"][1],
         "model_type": "i2v" if "img_emb.proj.0.bias" in shapes else "t2v",
+        # Wan 2.2 5B: the inpaint mask gives each latent frame its own timestep (ComfyUI's WAN22)
+        "frame_timesteps": out_dim == WAN22_CHANNELS,
     }
 
 
