@@ -18,6 +18,8 @@ from diffmesh.graph.subgraphs import BYPASSED, MUTED, VIRTUAL_NODES, Placed, Res
 from diffmesh.nodes.base import WIDGET_TYPES, InputSpec, as_env
 
 SEED_NAMES = ("seed", "noise_seed")
+# widgets the frontend queues but never saves in a workflow, with the value it queues
+UNSAVED_WIDGETS = {"IMAGECOMPARE": ["", ""]}
 
 
 def detect_format(data: Any) -> str:
@@ -89,6 +91,9 @@ def widget_values(node: dict, schema, env) -> dict[str, Any]:
             result[name] = values[index]
         elif spec.section != "optional":              # e.g. diffmesh's `device` combo in a ComfyUI workflow
             result[name] = _default(spec, env)
+    for spec in schema.inputs:                        # e.g. Compare Images' compare_view
+        if spec.type in UNSAVED_WIDGETS and spec.name not in result:
+            result[spec.name] = list(UNSAVED_WIDGETS[spec.type])
     return result
 
 

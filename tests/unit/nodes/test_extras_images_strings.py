@@ -179,3 +179,24 @@ def test_resize_match_size_and_nearest_values():
     assert out[0, :, :, 0].tolist() == [[5.0, 7.0], [13.0, 15.0]]          # nearest-exact: pixel centres
     with pytest.raises(ValueError, match="unsupported resize_type 'nope'"):
         _resize(image, "nope")
+
+
+def test_ui_workflow_with_compare_images_queues_the_compare_view_like_the_frontend(tmp_path):
+    from diffmesh.graph.executor import PromptExecutor
+    from diffmesh.graph.workflow import ui_to_api
+    from diffmesh.nodes.registry import build_registry
+
+    registry = build_registry()
+    ui = {"nodes": [
+        {"id": 1, "type": "EmptyImage", "mode": 0, "widgets_values": [4, 4, 1, 0],
+         "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}]},
+        {"id": 2, "type": "ImageCompare", "mode": 0, "widgets_values": [],
+         "inputs": [{"name": "image_a", "type": "IMAGE", "link": 1}, {"name": "image_b", "type": "IMAGE", "link": None}]}],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"]]}
+    prompt = ui_to_api(ui, registry, Paths.build(tmp_path))
+    assert prompt["2"]["inputs"]["compare_view"] == {"__value__": ["", ""]}
+    result = PromptExecutor(registry, engine=None, paths=Paths.build(tmp_path)).execute(prompt, "c1")
+    assert result.status == "success", result.validation_error
+    ui_out = result.outputs["2"]
+    assert ui_out["b_images"] == [] and ui_out["a_images"][0]["type"] == "temp"
+    assert ui_out["a_images"][0]["filename"].startswith("comfy.compare.a")
