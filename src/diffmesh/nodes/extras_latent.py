@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from diffmesh.nodes.base import NodeContext, OutputSpec
+from diffmesh.nodes.dynamic_inputs import autogrow, nest
 from diffmesh.nodes.extras_base import MAX_RESOLUTION, choice, outs, v3, v3_node
 from diffmesh.nodes.extras_mask import repeat_to_batch_size
 from diffmesh.nodes.image import common_upscale
@@ -106,6 +107,29 @@ def latent_batch_seed_behavior(ctx: NodeContext, samples: dict, seed_behavior: s
     return (out,)
 
 
+def _grown(inputs: dict, parent: str, prefix: str) -> list:
+    """An Autogrow's connected values in index order (prefix0, prefix1, ..., prefix10)."""
+    grown = nest(inputs, parent)[parent]
+    return [grown[k] for k in sorted(grown, key=lambda name: int(name.removeprefix(prefix)))]
+
+
+def batch_masks_node(ctx: NodeContext, **inputs):
+    """Masks joined along the batch, each resized (bilinear, centre crop) to the first one's size."""
+    masks = _grown(inputs, "masks", "mask")
+    first = masks[0].shape
+    resized = [m if m.shape[1:] == first[1:] else
+               common_upscale(m.unsqueeze(1), first[2], first[1], "bilinear", "center").squeeze(1) for m in masks]
+    return (torch.cat(resized, dim=0),)
+
+
+def batch_latents_node(ctx: NodeContext, **inputs):
+    latents = _grown(inputs, "latents", "latent")
+    first = latents[0]["samples"]
+    indices = [i for latent in latents for i in latent.get("batch_index", range(latent["samples"].shape[0]))]
+    samples = torch.cat([reshape_latent_to(first.shape, latent["samples"], repeat_batch=False) for latent in latents])
+    return ({**latents[0], "samples": samples, "batch_index": indices},)
+
+
 # -- rebatching (list nodes: every input arrives as a list) ---------------------------------------
 
 def _latent_parts(latent: dict, offset: int) -> list:
@@ -193,6 +217,13 @@ NODES = (
     v3_node("LatentBatchSeedBehavior", "LatentBatchSeedBehavior", ADVANCED,
             (v3("samples", "LATENT"), choice("seed_behavior", ["random", "fixed"], default="fixed")),
             outs("LATENT"), latent_batch_seed_behavior, LATENTS),
+    v3_node("BatchMasksNode", "Batch Masks", "image/mask",
+            (autogrow("masks", v3("mask", "MASK"), prefix="mask", min=1, max=50),), outs("MASK"), batch_masks_node,
+            "comfy_extras.nodes_post_processing", search_aliases=("combine masks", "stack masks", "merge masks")),
+    v3_node("BatchLatentsNode", "Batch Latents", "model/latent/batch",
+            (autogrow("latents", v3("latent", "LATENT"), prefix="latent", min=1, max=50),), outs("LATENT"),
+            batch_latents_node, "comfy_extras.nodes_post_processing",
+            search_aliases=("combine latents", "stack latents", "merge latents")),
     v3_node("RebatchLatents", "Rebatch Latents", "model/latent/batch",
             (v3("latents", "LATENT"), v3("batch_size", "INT", default=1, min=1, max=4096)),
             (OutputSpec("LATENT", is_list=True),), rebatch_latents, REBATCH, input_is_list=True),

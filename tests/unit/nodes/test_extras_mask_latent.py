@@ -153,3 +153,13 @@ def test_rebatch_latents_joins_and_cuts_by_size_and_keeps_indices(ctx):
 def test_rebatch_images_splits_every_frame_into_batches(ctx):
     (out,) = lt.rebatch_images(ctx, [torch.zeros(3, 2, 2, 3), torch.ones(2, 2, 2, 3)], [2])
     assert [o.shape[0] for o in out] == [2, 2, 1] and out[1][1].mean() == 1
+
+
+def test_batch_masks_and_latents_join_grown_inputs_in_index_order(ctx):
+    masks = {f"masks.mask{i}": torch.full((1, 2, 2), float(i)) for i in (10, 2, 0)}
+    masks["masks.mask2"] = torch.full((1, 4, 4), 2.0)                 # resized to the first (mask0) size
+    (out,) = lt.batch_masks_node(ctx, **masks)
+    assert out.shape == (3, 2, 2) and out[:, 0, 0].tolist() == [0.0, 2.0, 10.0]
+    (latent,) = lt.batch_latents_node(ctx, **{"latents.latent1": {"samples": torch.ones(2, 4, 2, 2), "batch_index": [7, 8]},
+                                             "latents.latent0": {"samples": torch.zeros(1, 4, 2, 2)}})
+    assert latent["samples"][:, 0, 0, 0].tolist() == [0.0, 1.0, 1.0] and latent["batch_index"] == [0, 7, 8]
