@@ -48,6 +48,7 @@ def compile_path(path: str) -> re.Pattern:
 class PackServer:
     routes: list[RouteDef] = field(default_factory=list)
     web_dirs: dict[str, Path] = field(default_factory=dict)     # pack name -> its WEB_DIRECTORY
+    static_dirs: dict[str, Path] = field(default_factory=dict)  # URL prefix -> folder (routes.static)
     hub: Any = None                                              # diffmesh.server.ws.ConnectionHub
     layer: Any = None                                            # the CompatLayer the packs loaded with
 
@@ -60,6 +61,16 @@ class PackServer:
 
     def add_route(self, route: RouteDef) -> None:
         self.routes.append(route)
+
+    def static_file(self, path: str) -> tuple[Path, str] | None:
+        """(folder, relative path) of a URL under a pack's `/extensions/<pack>/` or `routes.static` prefix."""
+        parts = path.split("/", 3)                                # "", "extensions", pack, rest
+        if len(parts) == 4 and parts[1] == "extensions" and parts[2] in self.web_dirs:
+            return self.web_dirs[parts[2]], parts[3]
+        for prefix, folder in list(self.static_dirs.items()):
+            if path.startswith(prefix.rstrip("/") + "/"):
+                return folder, path[len(prefix.rstrip("/")) + 1:]
+        return None
 
     def match(self, method: str, path: str) -> tuple[RouteDef, dict[str, str]] | None:
         """The first pack route for `method path`; ComfyUI also serves each one under /api."""

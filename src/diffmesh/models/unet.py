@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from diffmesh.models.component import DeviceAndDtype
+from diffmesh.models.control_residuals import unet_control_kwargs
 
 from diffmesh.models.families.common import FamilySpec
 
@@ -46,11 +47,10 @@ class UNetModel(DeviceAndDtype, nn.Module):
                 control: dict | None = None, **extra: torch.Tensor) -> torch.Tensor:
         """Raw eps/v prediction. x (B,C,H,W), timestep (B,), context (B,T,D); float32 in and out.
 
-        `control` is ComfyUI's ControlNet dict (`sampling.control`): "output" = one residual per input
-        block, added to the skip connection the matching output block reads; "middle" = added after
-        the middle block. Both are what diffusers calls down/mid block additional residuals."""
+        `control` is ComfyUI's ControlNet / T2I-adapter dict (`sampling.control`), turned into diffusers'
+        residual arguments by `models.control_residuals`."""
         dev, dt = self.device, self.dtype
-        residuals = _control_residuals(control, dev, dt)
+        residuals = unet_control_kwargs(control, self.unet.config, x, dev, dt)
         added = None
         if self.family.sdxl_conditioning:
             b = x.shape[0]
@@ -68,18 +68,3 @@ class UNetModel(DeviceAndDtype, nn.Module):
                         added_cond_kwargs=added, return_dict=False, **residuals)[0]
         return out.float()
 
-
-def _control_residuals(control: dict | None, device, dtype) -> dict:
-    """ControlNet residuals as diffusers' UNet keyword arguments (ComfyUI pops both lists from the end,
-    block by block, so list order = input block order, which is diffusers' order too)."""
-    if not control:
-        return {}
-    if control.get("input"):
-        raise NotImplementedError("T2I-adapter residuals (the 'input' control) are not supported yet")
-    output, middle = control.get("output") or [], control.get("middle") or []
-    if not output and not middle:
-        return {}
-    if not output or not middle or middle[-1] is None or any(r is None for r in output):
-        raise ValueError("a ControlNet chain gave residuals for only some UNet blocks; diffmesh needs all of them")
-    return {"down_block_additional_residuals": tuple(r.to(device, dtype) for r in output),
-            "mid_block_additional_residual": middle[-1].to(device, dtype)}

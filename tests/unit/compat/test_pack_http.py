@@ -20,6 +20,9 @@ AUTH = {"Authorization": "Bearer secret"}
 @pytest.fixture
 def client(tmp_path):
     paths = Paths.build(tmp_path)
+    assets = tmp_path / "assets"
+    (assets / "img").mkdir(parents=True)
+    (assets / "img" / "logo.svg").write_text("<svg/>")
     packs = PackServer()
     layer = CompatLayer(paths, NodeRegistry(), server=packs)
     layer.loading_pack = "demo_pack"
@@ -40,6 +43,8 @@ def client(tmp_path):
         @routes.get("/demo/missing")
         async def missing(request):
             raise web.HTTPNotFound(text="no such thing")
+
+        routes.static("/demo/assets", str(assets))
 
         @routes.get("/demo/broken")
         async def broken(request):
@@ -67,3 +72,10 @@ def test_http_errors_and_failures_of_a_pack_handler(client):
     assert broken.status_code == 500
     assert broken.json()["error"]["message"] == "RuntimeError: the pack broke"
     assert "demo_pack" in broken.json()["error"]["details"]
+
+
+def test_a_folder_served_with_routes_static(client):
+    logo = client.get("/demo/assets/img/logo.svg", headers=AUTH)
+    assert logo.status_code == 200 and logo.text == "<svg/>"
+    assert client.get("/demo/assets/img/none.svg", headers=AUTH).status_code == 404
+    assert client.get("/demo/assets/%2e%2e/queue.sqlite3", headers=AUTH).status_code in (403, 404)

@@ -57,6 +57,11 @@ class RouteTableDef:
     def view(self, path: str, **kwargs):
         return self.route("*", path, **kwargs)
 
+    def static(self, prefix: str, path, **kwargs) -> None:
+        """Serve the folder `path` under the URL `prefix` (aiohttp's `routes.static`)."""
+        if self._server is not None:
+            self._server.static_dirs[prefix] = Path(path).resolve()
+
     def __iter__(self):
         return iter(list(self._routes))
 

@@ -3,7 +3,8 @@
 - `GET /extensions` lists every `.js` file under each pack's `WEB_DIRECTORY` as
   `/extensions/<pack>/<relative path>` (ComfyUI's listing; the frontend imports each one), and
   `/extensions/<pack>/...` serves those folders (other `/extensions/...` paths, such as the
-  frontend's own `extensions/core`, go on to the static frontend).
+  frontend's own `extensions/core`, go on to the static frontend); folders a pack serves with
+  `PromptServer.instance.routes.static(prefix, folder)` are served under their prefix.
 - Routes a pack put on `PromptServer.instance.routes` answer at their path and under `/api`, as in
   ComfyUI. A core route with the same path wins (ComfyUI registers core routes first). The handler
   gets an aiohttp-style request and may return aiohttp-style responses (`diffmesh.compat`), which
@@ -89,18 +90,16 @@ class PackRoutes:
         await response(scope, receive, send)
 
     def _static(self, scope) -> Response | None:
-        parts = scope["path"].split("/", 3)            # "", "extensions", pack, rest
-        if len(parts) < 4 or parts[1] != "extensions" or scope["method"] not in ("GET", "HEAD"):
+        found = self.packs.static_file(scope["path"]) if scope["method"] in ("GET", "HEAD") else None
+        if found is None:
             return None
-        folder = self.packs.web_dirs.get(parts[2])
-        if folder is None:
-            return None
+        folder, name = found
         try:
-            target = safe_join(folder, parts[3])
+            target = safe_join(folder, name)
         except UnsafePath:
-            return JSONResponse(_error("forbidden_path", "path leaves the extension folder"), status_code=403)
+            return JSONResponse(_error("forbidden_path", "path leaves the pack's web folder"), status_code=403)
         if not target.is_file():
-            return JSONResponse(_error("not_found", f"no file {parts[3]!r} in the web folder of {parts[2]}"),
+            return JSONResponse(_error("not_found", f"no file {name!r} in {scope['path'].removesuffix(name)}"),
                                 status_code=404)
         return FileResponse(target, headers={"Cache-Control": "no-cache"})
 
