@@ -20,6 +20,8 @@ def models_dir(tiny_models, tmp_path_factory):
     tcn.write(models / "controlnet" / "tiny-cn.safetensors", "cldm")
     tcn.write(models / "controlnet" / "tiny-cn-diffusers.safetensors", "diffusers")
     tcn.write(models / "t2i_adapter" / "tiny-cn-pth.safetensors", "cldm_pth")
+    tcn.write_adapter(models / "t2i_adapter" / "tiny-t2i.safetensors")
+    tcn.write_sd1_two_resblocks(models / "checkpoints" / "tiny-sd1-rb2.safetensors")
     from safetensors.torch import save_file
 
     save_file({"some.weight": torch.zeros(2)}, str(models / "controlnet" / "not-a-controlnet.safetensors"))
@@ -39,9 +41,9 @@ def _hint_image():
     return torch.rand((1, 48, 80, 3), generator=g)      # another aspect ratio than the latent: center crop
 
 
-def prompt(control=None, seed=3, steps=2, old=False):
+def prompt(control=None, seed=3, steps=2, old=False, ckpt="tiny-sd1.safetensors"):
     p = {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1.safetensors"}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
@@ -163,6 +165,19 @@ def test_diff_controlnet_needs_and_uses_its_model(runtime, models_dir, image_pro
     without_model = image_prompt(prompt([("tiny-cn-diff.safetensors", 1.0, 0.0, 1.0)]))
     result = runtime.executor.execute(without_model, "nomodel", {}, None)
     assert result.status != "success" and "DiffControlNetLoader" in str(result.error)
+
+
+def test_t2i_adapter_from_the_t2i_adapter_folder(runtime, image_prompt):
+    """A T2I-adapter loads through ControlNetLoader; strength 0 and a step range past the schedule
+    leave the latent exactly as without it (on an SD1 UNet with two res blocks per level, the layout
+    the adapter's features are placed for)."""
+    rb2 = "tiny-sd1-rb2.safetensors"
+    plain = sample(runtime, image_prompt(prompt(ckpt=rb2)))
+    adapted = sample(runtime, image_prompt(prompt([("tiny-t2i.safetensors", 1.0, 0.0, 1.0)], ckpt=rb2)))
+    assert (adapted - plain).abs().max() > 1e-3
+    for strength, start, end in ((0.0, 0.0, 1.0), (1.0, 1.0, 1.0)):
+        same = sample(runtime, image_prompt(prompt([("tiny-t2i.safetensors", strength, start, end)], ckpt=rb2)))
+        assert torch.equal(same, plain)
 
 
 # ComfyUI 0.8.0's nodes.py / comfy_extras/nodes_controlnet.py, field by field

@@ -11,6 +11,8 @@ load, as in ComfyUI's `load_controlnet_state_dict`:
   `controlnet_cond_embedding.*`.
 
 Both run as diffusers' `ControlNetModel`, with the config read from the shapes (never from a hub).
+T2I-adapter files (ComfyUI's `t2i_adapter/` folder is listed with `controlnet/`) load through the same
+loader and build a `models.t2i_adapter.AdapterNetwork` instead.
 The network returns ComfyUI's control dict: "output" = one residual per UNet input block, added to
 the skip connections the output blocks read; "middle" = one residual added after the middle block.
 Strength, step range, hint scaling and chaining are the sampler's business (`sampling.control`).
@@ -62,7 +64,7 @@ def ref_for_file(path: str | Path, base: ModelHandle | None = None) -> ControlNe
 # ---------------------------------- layouts and configs ---------------------------------------
 
 def layout_of(keys) -> str:
-    """"diffusers" | "ldm" | "ldm_pth" (under `control_model.`); a clear error for anything else."""
+    """"diffusers" | "ldm" | "ldm_pth" (under `control_model.`) | "t2i"; a clear error for anything else."""
     keys = set(keys)
     if "controlnet_cond_embedding.conv_in.weight" in keys:
         if "control_add_embedding.linear_1.bias" in keys:
@@ -73,11 +75,16 @@ def layout_of(keys) -> str:
         return "ldm_pth"
     if "zero_convs.0.0.weight" in keys:
         return "ldm"
+    from diffmesh.models.t2i_adapter import is_adapter
+
+    if is_adapter(keys):
+        return "t2i"
     if "lora_controlnet" in keys:
         raise ModelError("Control-LoRA files are not supported yet", where="ControlNetLoader",
                          fix="use a full ControlNet file")
-    raise ModelError("not a ControlNet for SD1.x/SD2.x/SDXL (no zero_convs / controlnet_down_blocks keys); "
-                     "T2I-adapters and transformer ControlNets are not supported yet",
+    raise ModelError("not a ControlNet or T2I-adapter for SD1.x/SD2.x/SDXL (no zero_convs / controlnet_down_blocks "
+                     "/ conv_in keys); "
+                     "transformer ControlNets (SD3, Flux, Qwen-Image) are not supported yet",
                      where="ControlNetLoader", fix="pick a ControlNet file made for the checkpoint's family")
 
 
@@ -200,6 +207,8 @@ def controlnet_weights(ref: ControlNetRef, store) -> tuple[dict, dict[str, torch
 class ControlNetNetwork(DeviceAndDtype, nn.Module):
     """diffusers' ControlNetModel, called the way ComfyUI's cldm ControlNet is called."""
 
+    kind = "controlnet"
+
     def __init__(self, net: nn.Module, ref: ControlNetRef):
         super().__init__()
         self.net = net
@@ -220,13 +229,19 @@ class ControlNetNetwork(DeviceAndDtype, nn.Module):
         return {"output": list(down), "middle": [mid]}
 
 
-def build_controlnet(ref: ControlNetRef, device: Any, dtype: Any, store) -> ControlNetNetwork:
-    """The runnable network of `ref` on `device` (the worker calls this through its memory manager)."""
+def build_controlnet(ref: ControlNetRef, device: Any, dtype: Any, store):
+    """The runnable network of `ref` on `device` (the worker calls this through its memory manager):
+    a `ControlNetNetwork`, or a `t2i_adapter.AdapterNetwork` for T2I-adapter files."""
     from diffusers import ControlNetModel
 
     from diffmesh.models.load import _materialize, resolve_dtype
 
     device = torch.device(device)
+    raw = store.state_dict(ref.path)
+    if layout_of(raw.keys()) == "t2i":
+        from diffmesh.models.t2i_adapter import AdapterNetwork, build_adapter
+
+        return AdapterNetwork(build_adapter(raw, ref.path).to(device), ref)
     torch_dtype = resolve_dtype(dtype if dtype is not None else ref.dtype, device, "unet")
     key = (str(Path(ref.path).resolve()), "controlnet", ref.base.path if ref.base else None)
     config, sd = store.derived(key, lambda: controlnet_weights(ref, store))

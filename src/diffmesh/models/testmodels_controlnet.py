@@ -90,3 +90,60 @@ def write(path: str | os.PathLike, layout: str = "cldm", seed: int | None = None
     sd.update(extra or {})
     ts.save_safetensors_deterministic(sd, str(path), {"note": "random weights, NOT a trained model"})
     return str(path)
+
+
+# ---------------------------------- T2I-adapters --------------------------------------------------
+
+def adapter_spec(channels: int = 32, image_channels: int = 3, ksize: int = 1, xl: bool = False) -> ts.Spec:
+    """A full T2I-adapter in ComfyUI's layout: conv_in after a pixel unshuffle (8x SD1, 16x SDXL), two
+    residual blocks per level at (c, 2c, 4c, 4c); a block that changes the width starts with in_conv."""
+    s = ts.Spec()
+    cin = image_channels * (16 if xl else 8) ** 2
+    widths = [channels, channels * 2, channels * 4, channels * 4]
+    s.conv("conv_in", channels, cin, 3)
+    for level, width in enumerate(widths):
+        for j in range(2):
+            k = 2 * level + j
+            if j == 0 and level > 0 and widths[level - 1] != width:
+                s.conv(f"body.{k}.in_conv", width, widths[level - 1], ksize)
+            s.conv(f"body.{k}.block1", width, width, 3)
+            s.conv(f"body.{k}.block2", width, width, ksize)
+    return s
+
+
+def adapter_to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI adapter keys -> diffusers' `adapter.body.I.resnets.J.` / `adapter.body.I.in_conv` layout."""
+    out = {}
+    for key, value in sd.items():
+        parts = key.split(".")
+        if parts[0] == "body":
+            k = int(parts[1])
+            if parts[2] == "in_conv":
+                key = ".".join(["body", str(k // 2), "in_conv"] + parts[3:])
+            else:
+                key = ".".join(["body", str(k // 2), "resnets", str(k % 2)] + parts[2:])
+        out["adapter." + key] = value
+    return out
+
+
+def write_adapter(path: str | os.PathLike, layout: str = "comfy", seed: int = 41, xl: bool = False) -> str:
+    sd = ts.materialize(adapter_spec(xl=xl), seed, torch.float32)
+    if layout == "diffusers":
+        sd = adapter_to_diffusers(sd)
+    ts.save_safetensors_deterministic(sd, str(path), {"note": "random weights, NOT a trained model"})
+    return str(path)
+
+
+def write_sd1_two_resblocks(path: str | os.PathLike, seed: int = 0) -> str:
+    """A tiny SD1 checkpoint with two res blocks per level, like the real SD1 UNet: T2I-adapter features
+    land after input blocks 2 and 5 (the last res block of levels 0 and 1), which need that layout."""
+    from diffmesh.models.testmodels import TINY_VAE
+
+    s = ts.Spec()
+    ts.unet_spec(s, "model.diffusion_model.", attention_levels=(0, 1), context_dim=TINY_CLIP_L["hidden"],
+                 **dict(TINY_UNET, num_res_blocks=2))
+    ts.vae_spec(s, "first_stage_model.", **TINY_VAE)
+    ts.clip_spec(s, "cond_stage_model.transformer.", **TINY_CLIP_L)
+    ts.save_safetensors_deterministic(ts.materialize(s, seed, torch.float32), str(path),
+                                      {"note": "random weights, NOT a trained model"})
+    return str(path)

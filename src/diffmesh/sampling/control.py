@@ -17,12 +17,15 @@ Per UNet call (`ControlRunner.control`):
    extra conditioning; each residual is pooled to its mean when `global_average_pooling` is set,
    then multiplied by `strength`;
 5. the residuals of the earlier members are added (earlier + this, per block).
+A T2I-adapter member skips 4: its features depend on the hint only (see `_adapter_features`), and
+they land in "input" (and "middle" for SDXL) instead of "output".
 The result `{"input": [...], "middle": [...], "output": [...]}` goes to the UNet as `control`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Any, Mapping
 
 import torch
@@ -92,6 +95,7 @@ class ControlRunner:
         self.model_sampling = model_sampling
         self.batch_slice = batch_slice
         self._hints: dict[int, torch.Tensor] = {}     # id(applied control) -> hint at the latent size
+        self._features: dict[tuple, dict] = {}         # T2I-adapter outputs by (control, size, rows)
 
     def _sigma_range(self, c: AppliedControl) -> tuple[float, float]:
         ms = self.model_sampling
@@ -107,6 +111,23 @@ class ControlRunner:
             self._hints[id(c)] = hint
         return broadcast_hint(hint, x.shape[0], chunks, self.batch_slice).to(x.device, dtype)
 
+    def _adapter_features(self, c: AppliedControl, network, x: torch.Tensor, chunks: int) -> dict[str, list]:
+        """A T2I-adapter sees only the hint: evaluated once per hint size and row count, then reused.
+        The hint is scaled to the latent size x 8 rounded up to the adapter's unshuffle factor, and
+        averaged to one channel for one-channel adapters (ComfyUI's T2IAdapter.get_control)."""
+        from diffmesh.nodes.image import common_upscale
+
+        n = network.unshuffle_amount
+        w = math.ceil(x.shape[-1] * 8 / n) * n
+        h = math.ceil(x.shape[-2] * 8 / n) * n
+        key = (id(c), h, w, x.shape[0], chunks)
+        if key not in self._features:
+            hint = common_upscale(c.hint.float(), w, h, "nearest-exact", "center")
+            if network.input_channels == 1 and hint.shape[1] > 1:
+                hint = torch.mean(hint, 1, keepdim=True)
+            self._features[key] = network(broadcast_hint(hint, x.shape[0], chunks, self.batch_slice))
+        return {k: [None if f is None else f.to(x.device, x.dtype) for f in v] for k, v in self._features[key].items()}
+
     def control(self, c: AppliedControl, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
                 extra: dict[str, torch.Tensor], chunks: int) -> dict[str, list] | None:
         """The merged residuals of `c`'s chain for one UNet call on `x` (unscaled) at `sigma` (B,)."""
@@ -117,6 +138,9 @@ class ControlRunner:
         if float(sigma[0]) > high or float(sigma[0]) < low:
             return previous
         network = self.networks[c.net]
+        if network.kind == "t2i":
+            return merge(self._adapter_features(c, network, x, chunks), previous, c.strength,
+                         c.net.global_average_pooling)
         ms = self.model_sampling
         xc = ms.calculate_input(sigma, x)
         t = ms.timestep(sigma).float()

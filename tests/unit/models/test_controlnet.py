@@ -176,3 +176,71 @@ def test_unsupported_files_are_named_with_a_fix():
         layout_of({"some.weight"})
     assert ref_for_file("/m/control_v11e_sd15_shuffle.safetensors").global_average_pooling
     assert not ref_for_file("/m/control_v11p_sd15_canny.safetensors").global_average_pooling
+
+
+# ---------------------------------- T2I-adapters --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    d = tmp_path_factory.mktemp("adapters")
+    return {"comfy": tcn.write_adapter(d / "t2i.safetensors"),
+            "diffusers": tcn.write_adapter(d / "t2i-diffusers.safetensors", "diffusers"),
+            "xl": tcn.write_adapter(d / "t2i-xl.safetensors", xl=True),
+            "unet_rb2": tcn.write_sd1_two_resblocks(d / "sd1-rb2.safetensors")}
+
+
+def test_adapter_layouts_give_the_same_features_at_comfyuis_block_positions(adapters, store):
+    hint = torch.rand((1, 3, 64, 64), generator=torch.Generator().manual_seed(2))
+    comfy = build_controlnet(ref_for_file(adapters["comfy"]), "cpu", None, store)(hint)["input"]
+    diffusers = build_controlnet(ref_for_file(adapters["diffusers"]), "cpu", None, store)(hint)["input"]
+    # popped from the end, one per input block: levels 0-3 land after blocks 2, 5, 8, 11
+    assert [i for i, f in enumerate(reversed(comfy)) if f is not None] == [2, 5, 8, 11]
+    assert [tuple(comfy[-1 - b].shape[1:]) for b in (2, 5)] == [(32, 8, 8), (64, 4, 4)]
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(comfy, diffusers))
+
+
+def test_sdxl_adapter_feeds_blocks_3_5_8_and_the_middle(adapters, store):
+    out = build_controlnet(ref_for_file(adapters["xl"]), "cpu", None, store)(torch.rand((1, 3, 128, 128)))
+    assert [i for i, f in enumerate(reversed(out["input"])) if f is not None] == [3, 5, 8]
+    assert len(out["middle"]) == 1 and tuple(out["middle"][0].shape) == (1, 128, 4, 4)
+
+
+def test_adapter_pools_odd_sizes_after_padding_like_comfyui():
+    from diffmesh.models.t2i_adapter import _PadPool
+
+    got = _PadPool()(torch.ones((1, 1, 3, 3)))
+    assert torch.equal(got, torch.tensor([[[[0.25, 0.5], [0.5, 1.0]]]]))
+
+
+def test_adapter_residual_is_added_after_the_last_block_of_its_level(adapters, store):
+    """ComfyUI adds input[b] to h after input block b, before it becomes a skip: for blocks 2 and 5 of an
+    SD1 UNet with two res blocks per level that is the output of each level's last attention block."""
+    unet = build_component(ModelHandle(adapters["unet_rb2"], "unet", "sd1"), "cpu", "fp32", store)
+    x, _, context, _ = _inputs(1)
+    t = torch.tensor([500.0])
+    g = torch.Generator().manual_seed(4)
+    r2, r5 = torch.randn((1, 32, 8, 8), generator=g), torch.randn((1, 64, 4, 4), generator=g)
+    inputs = [None] * 12
+    inputs[-1 - 2], inputs[-1 - 5] = r2, r5
+    got = unet(x, t, context, control={"input": inputs, "middle": [], "output": []})
+
+    def adder(r):
+        return lambda m, a, out: (out[0] + r,) + tuple(out[1:])
+
+    hooks = [unet.unet.down_blocks[0].attentions[-1].register_forward_hook(adder(r2)),
+             unet.unet.down_blocks[1].attentions[-1].register_forward_hook(adder(r5))]
+    try:
+        expected = unet(x, t, context)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, unet(x, t, context), atol=1e-3)
+
+
+def test_adapter_residual_for_a_block_diffusers_cannot_reach_is_refused(unet):
+    inputs = [None] * 12
+    inputs[-1 - 2] = torch.zeros((1, 32, 4, 4))       # block 2 of the one-res-block UNet is a downsampler
+    x, _, context, _ = _inputs(1)
+    with pytest.raises(NotImplementedError, match="input block 2"):
+        unet(x, torch.tensor([500.0]), context, control={"input": inputs, "middle": [], "output": []})
