@@ -10,7 +10,7 @@ from diffmesh.nodes.base import NodeDef, SchemaEnv
 CORE_MODULES = ("loaders", "conditioning", "sampling", "latent", "image", "io", "dit", "text_encoders", "video", "vision", "gligen",
                 "latent_batch", "image_extra", "conditioning_extra", "custom_sampler", "controlnet",
                 "extras_logic", "extras_math", "extras_images", "extras_string", "extras_resize",
-                "extras_mask", "extras_latent", "extras_compose")
+                "extras_mask", "extras_latent", "extras_compose", "extras_filters")
 OPTIONAL_MODULES = ("devices",)        # multi-device nodes (SelectModelDevice, MultiGPU_WorkUnits, ...)
 
 
