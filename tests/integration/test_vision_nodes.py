@@ -1,6 +1,7 @@
 """Vision conditioning nodes through the real runtime (in-process CPU worker) on tiny random files:
 CLIPVisionLoader -> CLIPVisionEncode on a loaded image, StyleModelLoader -> StyleModelApply (Flux Redux)
-on a tiny Flux workflow that samples and decodes, unCLIPConditioning's data, GLIGENTextBoxApply's box
+on a tiny Flux workflow that samples and decodes, unCLIPConditioning's data and a tiny SD2.1 unCLIP
+checkpoint sampled with it (unCLIPCheckpointLoader's four outputs), GLIGENTextBoxApply's box
 entries (and the error sampling them gives: the UNet does not run GLIGEN yet), and the /object_info
 schemas of ComfyUI's nodes.py for each node."""
 
@@ -22,7 +23,7 @@ def runtime(models_base, tmp_path_factory):
     base = tmp_path_factory.mktemp("vision-nodes")
     models = base / "models"
     for folder, name in (("diffusion_models", "tiny-flux-dev.safetensors"), ("vae", "tiny-flux-ae.safetensors"),
-                         ("checkpoints", "tiny-sd1.safetensors")):
+                         ("checkpoints", "tiny-sd1.safetensors"), ("checkpoints", "tiny-sdxl.safetensors")):
         (models / folder).mkdir(parents=True, exist_ok=True)
         os.link(models_base / "models" / folder / name, models / folder / name)
     make_test_model("clip_l", "tiny", models / "text_encoders" / "tiny-clip-l.safetensors")
@@ -128,6 +129,45 @@ def test_unclip_conditioning_appends_an_entry_per_node(runtime):
     assert entries[0]["clip_vision_output"].image_embeds.shape == (1, 16)
 
 
+def unclip(strength: float, noise_augmentation: float = 0.0, seed: int = 3) -> dict:
+    wf = {"20": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+          "1": {"class_type": "unCLIPCheckpointLoader", "inputs": {"ckpt_name": "tiny_sd21_unclip_h.safetensors"}},
+          "22": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["1", 3], "image": ["20", 0],
+                                                              "crop": "center"}},
+          "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a cat"}},
+          "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+          "4": {"class_type": "unCLIPConditioning", "inputs": {"conditioning": ["2", 0], "clip_vision_output": ["22", 0],
+                                                               "strength": strength,
+                                                               "noise_augmentation": noise_augmentation}},
+          "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+          "6": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": seed, "steps": 2, "cfg": 5.0,
+                                                     "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+                                                     "positive": ["4", 0], "negative": ["3", 0],
+                                                     "latent_image": ["5", 0]}},
+          "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}}}
+    return wf
+
+
+def test_unclip_checkpoint_samples_with_the_image_embedding(runtime):
+    """The tiny SD2.1 unCLIP-H file: its ViT-H (open_clip keys under embedder.model.visual) encodes the
+    image, and the UNet's class embedding takes the noise-augmented embedding (zeros at strength 0)."""
+    with_image = run(runtime, unclip(1.0), "7")
+    assert with_image.shape == (1, 64, 64, 3) and torch.isfinite(with_image).all()
+    assert torch.equal(run(runtime, unclip(1.0), "7"), with_image)
+    assert not torch.allclose(run(runtime, unclip(0.0), "7"), with_image)
+    assert not torch.allclose(run(runtime, unclip(1.0, noise_augmentation=0.5), "7"), with_image)
+    assert run(runtime, unclip(1.0), "22").image_embeds.shape == (1, 1024)
+
+
+def test_unclip_conditioning_on_sdxl_stops_instead_of_being_ignored(runtime):
+    wf = unclip(1.0)
+    wf["10"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sdxl.safetensors"}}
+    wf["2"]["inputs"]["clip"] = wf["3"]["inputs"]["clip"] = ["10", 1]
+    wf["6"]["inputs"]["model"] = ["10", 0]
+    result = runtime.executor.execute(wf, "x", {}, None, outputs_to_execute=["6"])
+    assert result.status == "error" and "unCLIPConditioning on an SDXL model" in str(result.error)
+
+
 def gligen_boxes(boxes: list[tuple]) -> dict:
     wf = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1.safetensors"}},
           "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a park"}},
@@ -187,7 +227,8 @@ EXPECTED_SCHEMAS = {
                                       "strength": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.001}],
                                       "strength_type": [["multiply", "attn_bias"]]}},
                         ["CONDITIONING"], "conditioning/style_model"),
-    "unCLIPCheckpointLoader": ({"required": {"ckpt_name": [["tiny-sd1.safetensors"]]}},
+    "unCLIPCheckpointLoader": ({"required": {"ckpt_name": [["tiny-sd1.safetensors", "tiny-sdxl.safetensors",
+                                                            "tiny_sd21_unclip_h.safetensors"]]}},
                                ["MODEL", "CLIP", "VAE", "CLIP_VISION"], "loaders"),
     "unCLIPConditioning": ({"required": {"conditioning": ["CONDITIONING"], "clip_vision_output": ["CLIP_VISION_OUTPUT"],
                                          "strength": ["FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}],

@@ -143,7 +143,8 @@ def detect_family(path: str | Path) -> str:
                          fix="diffmesh supports SD1.x, SD2.x and SDXL checkpoints and Flux.1, Z-Image, "
                              "Qwen-Image and Wan 2.1 diffusion models")
     if prefix + "label_emb.0.0.weight" in shapes:
-        return "sdxl"
+        # SD2.1 unCLIP: the ADM input is an image embedding and its noise level (2 x 768 ViT-L, 2 x 1024 ViT-H)
+        return "sd2unclip" if shapes[prefix + "label_emb.0.0.weight"][1] in (1536, 2048) else "sdxl"
     proj = [shapes[k] for k in shapes if k.startswith(prefix) and k.endswith(".proj_in.weight")]
     if not proj:
         raise ModelError(f"UNet without cross-attention transformers ({_summary(shapes)})", where=str(path),

@@ -126,6 +126,23 @@ def gligen_state_dict(text_width: int = 32, query_dim: int = 32, seed: int = 5) 
     return {k: _tensor(k, shape, init, seed) for k, (shape, init) in shapes.items()}
 
 
+def unclip_checkpoint_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A tiny SD2.1 unCLIP-H checkpoint: the tiny SD2 checkpoint, the UNet's ADM class embedding
+    (`label_emb.0.{0,2}`, input 2 x 1024: image embedding + noise-level embedding) and a tiny ViT-H
+    (32 layers, projection 1024) under `embedder.model.visual.` in open_clip names."""
+    from diffmesh.models.testmodels import checkpoint_state_dict
+
+    sd = checkpoint_state_dict("sd2", "tiny", seed)
+    time_dim = sd["model.diffusion_model.time_embed.0.weight"].shape[0]
+    for key, shape, init in (("label_emb.0.0.weight", (time_dim, 2048), "u"), ("label_emb.0.0.bias", (time_dim,), "n"),
+                             ("label_emb.0.2.weight", (time_dim, time_dim), "u"), ("label_emb.0.2.bias", (time_dim,), "n")):
+        sd["model.diffusion_model." + key] = _tensor(key, shape, init, seed)
+    vision = clip_vision_state_dict("vit_h", seed)
+    vision["visual_projection.weight"] = _tensor("unclip-projection", (1024, TINY["width"]), "u", seed)
+    sd.update(to_open_clip(vision, "embedder.model.visual."))
+    return sd
+
+
 def save(sd: dict[str, torch.Tensor], path: str | os.PathLike) -> str:
     from safetensors.torch import save_file
 
@@ -138,7 +155,8 @@ def save(sd: dict[str, torch.Tensor], path: str | os.PathLike) -> str:
 def write_tiny_vision_models(models_dir: str | os.PathLike) -> dict[str, str]:
     """clip_vision/{tiny_vit_h, tiny_vit_l, tiny_vit_g, tiny_siglip, tiny_open_clip_h}.safetensors and
     style_models/tiny_redux.safetensors (text width 64: the tiny Flux's context width) and
-    gligen/tiny_gligen.safetensors (for the tiny SD1: text width 32) under `models_dir`."""
+    gligen/tiny_gligen.safetensors (for the tiny SD1: text width 32) and
+    checkpoints/tiny_sd21_unclip_h.safetensors under `models_dir`."""
     root = Path(models_dir)
     out = {f"clip_vision_{kind}": save(clip_vision_state_dict(kind), root / "clip_vision" / f"tiny_{kind}.safetensors")
            for kind in TINY_DEPTH}
@@ -146,4 +164,5 @@ def write_tiny_vision_models(models_dir: str | os.PathLike) -> dict[str, str]:
                                         root / "clip_vision" / "tiny_open_clip_h.safetensors")
     out["redux"] = save(redux_state_dict(), root / "style_models" / "tiny_redux.safetensors")
     out["gligen"] = save(gligen_state_dict(), root / "gligen" / "tiny_gligen.safetensors")
+    out["unclip"] = save(unclip_checkpoint_state_dict(), root / "checkpoints" / "tiny_sd21_unclip_h.safetensors")
     return out

@@ -30,8 +30,19 @@ class UNetModel(DeviceAndDtype, nn.Module):
         if family.sdxl_conditioning:
             self.pooled_width = int(cfg.projection_class_embeddings_input_dim) - 6 * int(cfg.addition_time_embed_dim)
 
+    @property
+    def adm_channels(self) -> int | None:
+        """Width of an SD2.1 unCLIP UNet's class-embedding input (None for other UNets)."""
+        return int(self.unet.config.projection_class_embeddings_input_dim) if self.family.extra.get("unclip") else None
+
     def extra_conds(self, options: dict[str, Any], x_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
-        """SDXL: text_embeds (1, P) = pooled output, time_ids (1, 6) = size conditioning."""
+        """SDXL: text_embeds (1, P) = pooled output, time_ids (1, 6) = size conditioning.
+        SD2.1 unCLIP: y (1, adm) from the unCLIPConditioning entries and the sampler's seed."""
+        if self.adm_channels is not None:
+            from diffmesh.models.unclip import MERGE_NOISE, unclip_adm
+
+            return {"y": unclip_adm(options.get("unclip_conditioning"), self.adm_channels, int(options.get("seed", 0)),
+                                    options.get("unclip_noise_augment_merge", MERGE_NOISE))}
         if not self.family.sdxl_conditioning:
             return {}
         from diffmesh.models.families.sdxl import size_conditioning
@@ -64,6 +75,10 @@ class UNetModel(DeviceAndDtype, nn.Module):
         timestep = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1).to(dev)
         if timestep.numel() == 1 and x.shape[0] > 1:
             timestep = timestep.expand(x.shape[0])
+        if self.adm_channels is not None:           # unCLIP: zeros without image conditioning, as ComfyUI
+            y = extra.get("y")
+            y = torch.zeros((x.shape[0], self.adm_channels)) if y is None else y.expand(x.shape[0], -1)
+            residuals = {**residuals, "class_labels": y.to(dev, dt)}
         out = self.unet(x.to(dev, dt), timestep, encoder_hidden_states=context.to(dev, dt),
                         added_cond_kwargs=added, return_dict=False, **residuals)[0]
         return out.float()

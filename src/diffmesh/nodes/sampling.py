@@ -46,7 +46,7 @@ def model_sampling_for(model):
         from diffmesh.models.dit import family as dit_family
 
         return FlowModelSampling(*dit_family(family).sampling)
-    return ModelSampling(prediction_type="v" if family == "sd2v" else "eps")
+    return ModelSampling(prediction_type="v" if family in ("sd2v", "sd2unclip") else "eps")
 
 
 PREVIEW_METHODS = ("auto", "latent2rgb", "taesd")       # taesd previews fall back to latent2rgb

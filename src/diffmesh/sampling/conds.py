@@ -102,7 +102,7 @@ def _refuse_unrun(options: dict, model) -> None:
                                   "remove the unCLIPConditioning node")
 
 
-def prepare_conds(conds: dict[str, list], model, x_shape, model_sampling) -> dict[str, list[dict]]:
+def prepare_conds(conds: dict[str, list], model, x_shape, model_sampling, seed: int | None = None) -> dict[str, list[dict]]:
     """{"positive": CONDITIONING, "negative": CONDITIONING} -> {"positive": [entry], ...}.
 
     An entry is a dict with "context" (1,T,D), "extra" {name: tensor} and the options that shape
@@ -126,6 +126,8 @@ def prepare_conds(conds: dict[str, list], model, x_shape, model_sampling) -> dic
             params = dict(options)
             params.setdefault("width", w * 8)
             params.setdefault("height", h * 8)
+            if seed is not None:            # the sampler's seed (unCLIP noise augmentation draws from it)
+                params.setdefault("seed", seed)
             extra_fn = getattr(model, "extra_conds", None)
             extra = extra_fn(params, tuple(x_shape)) if extra_fn is not None else {}
             entry["context"] = tensor.float()

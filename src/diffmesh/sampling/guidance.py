@@ -74,7 +74,7 @@ class Denoiser:
     def __init__(self, model, positive: list, negative: list, cfg: float, x_shape, *,
                  batch_slice=None, cfg_part: str | None = None, exchange: Callable | None = None,
                  latent_image: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                 denoise_mask: torch.Tensor | None = None, controls=None):
+                 denoise_mask: torch.Tensor | None = None, controls=None, seed: int | None = None):
         self.model = model
         self.controls = controls        # sampling.control.ControlRunner when an entry carries a ControlNet
         self.model_sampling = model.model_sampling
@@ -85,7 +85,7 @@ class Denoiser:
         self.cfg_part, self.exchange = cfg_part, exchange
         full_shape = tuple(x_shape) if batch_slice is None else (int(batch_slice[2]),) + tuple(x_shape[1:])
         self.conds = prepare_conds({"positive": positive, "negative": negative}, model, full_shape,
-                                   self.model_sampling)
+                                   self.model_sampling, seed=seed)
         self.latent_image, self.noise, self.denoise_mask = latent_image, noise, denoise_mask
         self.keep_uncond = False
         self.last_uncond: torch.Tensor | None = None

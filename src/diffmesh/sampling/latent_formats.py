@@ -141,7 +141,7 @@ FORMATS = {
                           latents_std=WAN22_STD, dimensions=3),
 }
 # model families whose latent format has another name (the DiT families name theirs in models.dit)
-FAMILY_FORMATS = {"zimage": "flux", "qwenimage": "wan21", "wan21": "wan21", "wan22": "wan22"}
+FAMILY_FORMATS = {"zimage": "flux", "qwenimage": "wan21", "wan21": "wan21", "wan22": "wan22", "sd2unclip": "sd2"}
 
 
 def for_family(family: str) -> LatentFormat:

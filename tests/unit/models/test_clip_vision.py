@@ -2,6 +2,7 @@
 detection from the keys (tiny files and the full shipped configs), output fields and shapes, the
 open_clip key layout, and the Redux / style-adapter token maths."""
 
+import math
 import pickle
 
 import pytest
@@ -204,3 +205,59 @@ def test_gligen_file_is_read_by_its_keys_and_other_files_are_refused(tiny_files)
     assert (model.key_dim, model.fusers) == (32, 1)
     with pytest.raises(ModelError, match="not a GLIGEN model.*models/gligen"):
         read_gligen(tiny_files["redux"])
+
+
+def _alpha_bar(level: int) -> float:
+    """By hand: the squared-cosine schedule's alpha-bar after level + 1 steps (betas capped at 0.999)."""
+    f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2   # noqa: E731
+    product = 1.0
+    for i in range(level + 1):
+        product *= 1 - min(1 - f((i + 1) / 1000) / f(i / 1000), 0.999)
+    return product
+
+
+def _level_embedding(level: int, dim: int) -> torch.Tensor:
+    half = dim // 2
+    args = [level * math.exp(-math.log(10000) * i / half) for i in range(half)]
+    return torch.tensor([math.cos(a) for a in args] + [math.sin(a) for a in args])
+
+
+def test_unclip_adm_of_one_embedding_is_comfyuis_noised_embedding_and_level():
+    from diffmesh.models.unclip import unclip_adm
+
+    embeds = torch.randn(1, 8, generator=torch.Generator().manual_seed(3))
+    entry = {"clip_vision_output": cv.ClipVisionOutput(image_embeds=embeds), "strength": 0.7,
+             "noise_augmentation": 0.25}
+    y = unclip_adm([entry], adm_channels=16, seed=42)
+    level = round(999 * 0.25)                                          # 250 (round half to even)
+    noise = torch.randn(1, 8, generator=torch.Generator().manual_seed(32))       # the sampler's seed - 10
+    ab = _alpha_bar(level)
+    expected = torch.cat([math.sqrt(ab) * embeds + math.sqrt(1 - ab) * noise, _level_embedding(level, 8)[None]], 1)
+    assert y.shape == (1, 16) and torch.allclose(y, 0.7 * expected, atol=1e-5)
+    assert torch.equal(unclip_adm(None, 16, seed=42), torch.zeros(1, 16))
+
+
+def test_unclip_adm_of_two_embeddings_sums_them_and_noises_the_sum_at_level_50():
+    from diffmesh.models.unclip import unclip_adm
+
+    embeds = torch.randn(2, 8, generator=torch.Generator().manual_seed(4))
+    entry = {"clip_vision_output": cv.ClipVisionOutput(image_embeds=embeds), "strength": 1.0, "noise_augmentation": 0.0}
+    y = unclip_adm([entry], adm_channels=16, seed=10)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 8, generator=g)          # the same draw for each embedding (re-seeded), then the merge's
+    merge_noise = torch.randn(1, 8, generator=g)
+    ab0 = _alpha_bar(0)
+    parts = [math.sqrt(ab0) * e[None] + math.sqrt(1 - ab0) * noise for e in embeds]
+    ab50 = _alpha_bar(50)
+    expected = torch.cat([math.sqrt(ab50) * (parts[0] + parts[1]) + math.sqrt(1 - ab50) * merge_noise,
+                          _level_embedding(50, 8)[None]], 1)
+    assert torch.allclose(y, expected, atol=1e-5)
+
+
+def test_unclip_adm_refuses_embeddings_of_another_width():
+    from diffmesh.models.unclip import unclip_adm
+
+    entry = {"clip_vision_output": cv.ClipVisionOutput(image_embeds=torch.zeros(1, 12)), "strength": 1.0,
+             "noise_augmentation": 0.0}
+    with pytest.raises(ValueError, match="takes image embeddings 1024 wide.*unCLIPCheckpointLoader"):
+        unclip_adm([entry], adm_channels=2048, seed=0)

@@ -9,7 +9,8 @@ def family_spec(name: str):
     """FamilySpec for a family id from `diffmesh.models.detect`."""
     from diffmesh.models.families import sd1, sd2, sdxl
 
-    table = {"sd1": sd1.FAMILY, "sd2": sd2.FAMILY, "sd2v": sd2.FAMILY_V, "sdxl": sdxl.FAMILY}
+    table = {"sd1": sd1.FAMILY, "sd2": sd2.FAMILY, "sd2v": sd2.FAMILY_V, "sdxl": sdxl.FAMILY,
+             "sd2unclip": sd2.FAMILY_UNCLIP}
     try:
         return table[name]
     except KeyError:

@@ -94,7 +94,9 @@ def unet_config_from_shapes(shapes: dict[str, tuple], family: FamilySpec) -> dic
         # diffusers sizes the mid block with the last level's depth; SDXL-like files agree
         "transformer_layers_per_block": [d or 1 for d in depths[:-1]] + [mid_depth or depths[-1] or 1],
     }
-    if "label_emb.0.0.weight" in shapes:
+    if "label_emb.0.0.weight" in shapes and family.extra.get("unclip"):     # SD2.1 unCLIP: added to the time embedding
+        cfg.update(class_embed_type="projection", projection_class_embeddings_input_dim=shapes["label_emb.0.0.weight"][1])
+    elif "label_emb.0.0.weight" in shapes:
         cfg.update(addition_embed_type="text_time", addition_time_embed_dim=256,
                    projection_class_embeddings_input_dim=shapes["label_emb.0.0.weight"][1])
     return cfg

@@ -11,3 +11,6 @@ CLIP_H = TextEncoderSpec(
 
 FAMILY = FamilySpec(name="sd2", prediction_type="eps", text_encoders=(CLIP_H,), pooled_from=0, fixed_heads=None)
 FAMILY_V = FamilySpec(name="sd2v", prediction_type="v", text_encoders=(CLIP_H,), pooled_from=0, fixed_heads=None)
+# SD2.1 unCLIP (v): the UNet's class embedding takes `models.unclip.unclip_adm` of the unCLIPConditioning entries
+FAMILY_UNCLIP = FamilySpec(name="sd2unclip", prediction_type="v", text_encoders=(CLIP_H,), pooled_from=0,
+                           fixed_heads=None, extra={"unclip": True})
