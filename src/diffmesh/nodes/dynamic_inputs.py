@@ -118,15 +118,6 @@ def find(inputs: Iterable[InputSpec], name: str) -> InputSpec | None:
     return None
 
 
-def dynamic_widget_names(spec: InputSpec, key: Any) -> list[str]:
-    """Names of the widgets a DynamicCombo adds after its own for option `key` (UI workflows store
-    them right after the combo's value)."""
-    option = _combo_option(spec, key)
-    if option is None:
-        return []
-    return [s.name for s in _specs(option["inputs"], spec.name) if s.is_widget]
-
-
 def nest(values: Mapping[str, Any], *parents: str) -> dict[str, Any]:
     """`values` with the dotted inputs of `parents` gathered as ComfyUI passes them: an Autogrow
     as {name: value} (empty when none is connected), a DynamicCombo as {parent: key, child: value}."""
