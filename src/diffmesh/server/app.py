@@ -106,9 +106,10 @@ def create_app(runtime: Any, server_config: ServerConfig, paths: Any = None, pac
 
 def _install_routes(app: FastAPI) -> None:
     from diffmesh.server import frontend
-    from diffmesh.server.routes import files, internal, jobs, nodes, queue, system, templates, users, websocket
+    from diffmesh.server.routes import (files, internal, jobs, nodes, queue, subgraphs, system, templates, users,
+                                        websocket)
 
-    for module in (queue, nodes, files, system, users):
+    for module in (queue, nodes, files, system, users, subgraphs):
         router = module.router()
         app.include_router(router)
         app.include_router(router, prefix="/api")

@@ -1,4 +1,4 @@
-"""System routes: /system_stats, /features, /i18n and the custom-node template and subgraph lists
+"""System routes: /system_stats, /features, /i18n and the custom-node template list
 (spec §1.2)."""
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ def router() -> APIRouter:
     r.add_api_route("/features", get_features, methods=["GET"])
     r.add_api_route("/i18n", get_i18n, methods=["GET"])
     r.add_api_route("/workflow_templates", get_empty_dict, methods=["GET"])
-    r.add_api_route("/global_subgraphs", get_empty_dict, methods=["GET"])
     return r
 
 
