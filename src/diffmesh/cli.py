@@ -22,7 +22,8 @@ DELEGATED = {
 }
 FAMILIES = ("sd1", "sd2", "sd2v", "sdxl", "sd15", "flux", "flux-schnell", "flux-vae",
             "clip_l", "t5xxl", "qwen3_4b", "qwen25_7b", "umt5xxl", "zimage", "qwenimage", "wan21vae", "wan21",
-            "wan22vae")
+            "wan22vae", "clip_vision_h", "clip_vision_l", "clip_vision_g", "clip_vision_siglip", "redux", "gligen",
+            "sd21unclip")
 
 
 def _error(message: str, code: int = 1) -> int:

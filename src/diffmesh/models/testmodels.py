@@ -117,6 +117,10 @@ def make_test_model(family: str, size: str, out_path: str | os.PathLike, seed: i
             raise ModelError(f"no {size!r} test model for {family!r}", where="make_test_model",
                              fix="size tiny, or reference (the shapes of make_dit_random.py)")
         return make_dit_file(family, size, out, seed)
+    from diffmesh.models import testmodels_vision
+
+    if family in testmodels_vision.FILES:       # CLIP vision, style and GLIGEN models, SD2.1 unCLIP: tiny
+        return testmodels_vision.write(family, size, out, seed)
     fam = FAMILY_ALIASES.get(family)
     if fam == "sd1" and size == "full":
         sd = checkpoint_state_dict("sd1", "full", seed, torch.float16)

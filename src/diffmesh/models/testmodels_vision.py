@@ -152,6 +152,21 @@ def save(sd: dict[str, torch.Tensor], path: str | os.PathLike) -> str:
     return str(path)
 
 
+# `diffmesh make-test-model --family NAME --size tiny`: name -> state dict maker
+FILES = {"clip_vision_h": lambda seed: clip_vision_state_dict("vit_h", seed),
+         "clip_vision_l": lambda seed: clip_vision_state_dict("vit_l", seed),
+         "clip_vision_g": lambda seed: clip_vision_state_dict("vit_g", seed),
+         "clip_vision_siglip": lambda seed: clip_vision_state_dict("siglip", seed),
+         "redux": lambda seed: redux_state_dict(seed=seed), "gligen": lambda seed: gligen_state_dict(seed=seed),
+         "sd21unclip": unclip_checkpoint_state_dict}
+
+
+def write(name: str, size: str, out_path: str | os.PathLike, seed: int = 0) -> str:
+    if size != "tiny":
+        raise ModelError(f"only tiny {name} test files exist", where="make-test-model", fix="use --size tiny")
+    return save(FILES[name](seed), out_path)
+
+
 def write_tiny_vision_models(models_dir: str | os.PathLike) -> dict[str, str]:
     """clip_vision/{tiny_vit_h, tiny_vit_l, tiny_vit_g, tiny_siglip, tiny_open_clip_h}.safetensors and
     style_models/tiny_redux.safetensors (text width 64: the tiny Flux's context width) and

@@ -261,3 +261,14 @@ def test_unclip_adm_refuses_embeddings_of_another_width():
              "noise_augmentation": 0.0}
     with pytest.raises(ValueError, match="takes image embeddings 1024 wide.*unCLIPCheckpointLoader"):
         unclip_adm([entry], adm_channels=2048, seed=0)
+
+
+def test_make_test_model_writes_tiny_vision_files_that_load(tmp_path):
+    from diffmesh.cli import main
+    from diffmesh.models.detect import detect_family
+
+    assert main(["make-test-model", "--family", "clip_vision_l", "--out", str(tmp_path / "l.safetensors")]) == 0
+    assert main(["make-test-model", "--family", "sd21unclip", "--out", str(tmp_path / "u.safetensors")]) == 0
+    encoder = build_component(ModelHandle(str(tmp_path / "l.safetensors"), "clip", "clip_vision"))
+    assert encoder.config["kind"] == "vit_l" and encoder.config["hidden_act"] == "quick_gelu"
+    assert detect_family(str(tmp_path / "u.safetensors")) == "sd2unclip"
