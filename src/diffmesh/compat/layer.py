@@ -5,7 +5,10 @@ The hook is a meta-path finder placed first on `sys.meta_path` only while `activ
 module names of `shims.BUILDERS` with module objects built once per layer from its backing
 objects, so a pack that imported `comfy.utils` at load time and one that imports it lazily while
 its node runs get the same module (and the same exception classes). On the last exit the finder is
-removed and the modules leave `sys.modules`; the packs keep their references.
+removed and the modules leave `sys.modules`; the packs keep their references. Another module that
+held one of these names in `sys.modules` (a top-level `nodes` package on sys.path) steps aside
+while the layer is active and is put back after. `sys.meta_path` is replaced, not edited in place,
+so an import running on another thread never misses a finder.
 
 A name under a shimmed root that the layer does not offer (`comfy.ldm...`, `comfy_extras...`)
 fails at once with a ModuleNotFoundError that names the supported subset, instead of Python's bare
@@ -47,14 +50,22 @@ class CompatLayer:
         self._modules: dict[str, types.ModuleType] = {}
         self._lock = threading.RLock()
         self._depth = 0
+        self._stashed: dict[str, types.ModuleType] = {}
         self._finder = _Finder(self)
 
     @contextlib.contextmanager
     def active(self) -> Iterator["CompatLayer"]:
         """`import comfy`, `folder_paths`, ... work inside this block (any thread)."""
+        # sys.meta_path is replaced, never changed in place: an import running meanwhile on
+        # another thread iterates the list it started with, so it cannot skip a finder.
         with self._lock:
             if self._depth == 0:
-                sys.meta_path.insert(0, self._finder)
+                sys.meta_path = [self._finder] + sys.meta_path
+                # another module under one of these names (a top-level `nodes` package on sys.path)
+                # steps aside meanwhile: inside, `import nodes` means ComfyUI's
+                self._stashed = {name: sys.modules.pop(name) for name in BUILDERS
+                                 if self.offers(name) and name in sys.modules
+                                 and sys.modules[name] is not self._modules.get(name)}
             self._depth += 1
         try:
             yield self
@@ -62,11 +73,12 @@ class CompatLayer:
             with self._lock:
                 self._depth -= 1
                 if self._depth == 0:
-                    if self._finder in sys.meta_path:
-                        sys.meta_path.remove(self._finder)
+                    sys.meta_path = [f for f in sys.meta_path if f is not self._finder]
                     for name, module in self._modules.items():
                         if sys.modules.get(name) is module:
                             del sys.modules[name]
+                    sys.modules.update(self._stashed)
+                    self._stashed = {}
 
     def module(self, name: str) -> types.ModuleType:
         """The look-alike module `name`, built on first use."""

@@ -42,7 +42,7 @@ def test_comfyui_modules_import_only_inside_active(layer):
         import folder_paths  # noqa: F401
         import server  # noqa: F401
         assert comfy.model_management.InterruptProcessingException is Interrupted
-    assert not any(name in sys.modules for name in NAMES)
+    assert not any(sys.modules.get(name) is layer.module(name) for name in NAMES)
     assert not any(getattr(f, "layer", None) is layer for f in sys.meta_path)
     with pytest.raises(ImportError):
         import comfy.utils  # noqa: F401
@@ -73,7 +73,7 @@ def test_active_is_counted_across_threads(layer):
         pass                                    # this thread leaves first: the other still imports
     release.set()
     worker.join(10)
-    assert imported == [16384] and "nodes" not in sys.modules
+    assert imported == [16384] and sys.modules.get("nodes") is not layer.module("nodes")
 
 
 def test_missing_module_and_missing_name_say_where_the_subset_is(layer):

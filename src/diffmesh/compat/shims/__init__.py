@@ -27,4 +27,4 @@ BUILDERS = MappingProxyType({
 PACKAGES = frozenset({"comfy", "comfy.comfy_types", "aiohttp", "comfy_api", "comfy_api.latest"})
 # Roots whose other submodules fail with a message naming the supported subset.
 ROOTS = frozenset({"comfy", "comfy_api", "comfy_extras", "comfy_execution", "comfy_api_nodes", "folder_paths",
-                   "nodes", "server", "aiohttp"})
+                   "nodes", "server", "aiohttp", "latent_preview", "node_helpers", "execution"})
