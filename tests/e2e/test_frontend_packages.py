@@ -55,7 +55,8 @@ def test_object_info_has_the_newer_fields_in_comfyui_order(node_server):
     assert keys.index("is_input_list") == keys.index("input_order") + 1
     assert keys.index("has_intermediate_output") == keys.index("output_node") + 1
     assert info["is_input_list"] is False and info["has_intermediate_output"] is False
-    assert info["search_aliases"] == [] and "dev_only" not in info
+    assert info["search_aliases"] == ["sampler", "sample", "generate", "denoise", "diffuse", "txt2img", "img2img"]
+    assert "dev_only" not in info and "essentials_category" not in info
 
 
 def test_a_custom_node_declares_aliases_essentials_dev_only_and_list_input():

@@ -6,6 +6,7 @@ import importlib
 from typing import Any, Iterable, Iterator
 
 from diffmesh.nodes.base import NodeDef, SchemaEnv
+from diffmesh.nodes.search_fields import with_search_fields
 
 CORE_MODULES = ("loaders", "conditioning", "sampling", "latent", "image", "io", "dit", "text_encoders", "video", "vision", "gligen",
                 "latent_batch", "image_extra", "conditioning_extra", "custom_sampler", "controlnet",
@@ -64,7 +65,7 @@ def _module_nodes(module) -> list[NodeDef]:
     extra = getattr(module, "MultiGPU_WorkUnits", None)
     if isinstance(extra, NodeDef) and extra not in nodes:
         nodes.append(extra)
-    return nodes
+    return [with_search_fields(node) for node in nodes]     # ComfyUI's search aliases and Essentials tab
 
 
 def build_registry(extra: Iterable[NodeDef] = ()) -> NodeRegistry:

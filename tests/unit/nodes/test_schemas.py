@@ -7,6 +7,7 @@ import pytest
 
 from diffmesh.config.paths import Paths
 from diffmesh.nodes.registry import build_registry
+from diffmesh.nodes.search_fields import COMFY_SEARCH_FIELDS
 
 def appendix_a(reference_dir: Path) -> dict:
     text = (reference_dir / "comfy-api-spec.md").read_text()
@@ -42,7 +43,8 @@ def without_device(entry: dict) -> dict:
 def with_newer_fields(entry: dict) -> dict:
     """ComfyUI 0.8.0's entry with the keys current ComfyUI's node_info adds, where it puts them:
     `is_input_list` after input_order, `has_intermediate_output` after output_node,
-    `search_aliases` at the end (none of the appendix nodes is dev-only or in Essentials here)."""
+    `search_aliases` and `essentials_category` at the end, with current ComfyUI's values (none of
+    the appendix nodes is dev-only)."""
     out = {}
     for key, value in entry.items():
         out[key] = value
@@ -50,7 +52,10 @@ def with_newer_fields(entry: dict) -> dict:
             out["is_input_list"] = False
         elif key == "output_node":
             out["has_intermediate_output"] = False
-    out["search_aliases"] = []
+    aliases, category = COMFY_SEARCH_FIELDS.get(entry["name"], ((), None))
+    out["search_aliases"] = list(aliases)
+    if category is not None:
+        out["essentials_category"] = category
     return out
 
 
