@@ -226,3 +226,26 @@ def test_schemas_equal_comfyui(runtime, name):
             assert info["input_order"] == {s: list(v) for s, v in expected.items()}
         assert info[key] == expected, key
     assert info.get("deprecated", False) == COMFY_SCHEMAS[name].get("deprecated", False)
+
+
+def test_controlnet_on_two_worker_processes_matches_one_worker(runtime, models_dir, image_prompt, tmp_path_factory):
+    """The applied controls cross into worker processes with the job. CFG parallel runs the control on
+    each half; batch parallel on each worker's rows, with the hint rows (two different images here)
+    those rows get in one batch."""
+    p = image_prompt(prompt([("tiny-cn.safetensors", 1.0, 0.0, 1.0)]))
+    p["5"]["inputs"]["batch_size"] = 2
+    p["32"] = {"class_type": "ImageInvert", "inputs": {"image": ["30", 0]}}
+    p["33"] = {"class_type": "ImageBatch", "inputs": {"image1": ["30", 0], "image2": ["32", 0]}}
+    p["21"]["inputs"]["image"] = ["33", 0]
+    single = sample(runtime, p)
+    ns = argparse.Namespace(base_directory=str(tmp_path_factory.mktemp("base2")), models_dir=str(models_dir),
+                            cpu=True, workers=2, parallel="none")
+    rt = Runtime.build(ns)
+    try:
+        for strategy in ("cfg", "batch"):
+            p["10"] = {"class_type": "MultiGPU_WorkUnits", "inputs": {"model": ["4", 0], "max_gpus": 2,
+                                                                      "strategy": strategy}}
+            p["3"]["inputs"]["model"] = ["10", 0]
+            assert torch.allclose(sample(rt, p), single, rtol=1e-4, atol=1e-3), strategy
+    finally:
+        rt.close()
