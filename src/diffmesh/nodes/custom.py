@@ -66,8 +66,9 @@ def check_interrupt() -> None:
 
 
 def _preview_image(preview: Any) -> Any:
-    """What ComfyUI nodes pass as preview: a node's own image `(format, PIL image, max size or None)`
-    stays a tuple (the server sends it as given, like ComfyUI); a bare PIL image is kept; else None."""
+    """What ComfyUI nodes pass as preview: `(format, PIL image, max size or None)` stays a tuple
+    (the server sends a full-size one, max size None, as the node's own image in its format, and
+    a bounded one as a preview); a bare PIL image is kept; else None."""
     if isinstance(preview, (tuple, list)) and len(preview) >= 3 and hasattr(preview[1], "convert"):
         return (str(preview[0]).upper(), preview[1], preview[2])
     return preview if hasattr(preview, "convert") else None

@@ -88,9 +88,12 @@ class PromptRun:
                                "parent_node": data.get("parent_node"), "real_node_id": data.get("real_node_id", node)}
 
     def _preview(self, data: dict) -> None:
-        if isinstance(data.get("image"), tuple):
-            self._node_image(data)
-            return
+        image = data.get("image")
+        if isinstance(image, tuple):             # ComfyUI's (format, PIL image, max size or None)
+            if image[2] is None:                 # full size: a node's output image (SaveImageWebsocket)
+                self._node_image(data)
+                return
+            data = {**data, "image": image[1]}   # a bounded preview, like the executor's own
         if self.preview_method not in previews.ENABLED_METHODS:
             return
         if not (self.client_id and self.hub.client(self.client_id)):
@@ -115,10 +118,10 @@ class PromptRun:
                 "parent_node_id": data.get("parent_node"), "real_node_id": data.get("real_node_id", node)}
 
     def _node_image(self, data: dict) -> None:
-        """An image a node sends itself (ComfyUI's progress-bar preview `(format, image, max size)`,
-        e.g. SaveImageWebsocket's full-size PNG): sent to the prompt's client whatever the preview
-        method, type 1 (or type 4 for clients that announced preview metadata), never dropped; to
-        every client when the prompt has none (ComfyUI's send with sid None)."""
+        """A full-size image a node sends itself (ComfyUI's progress-bar preview `(format, image,
+        None)`, e.g. SaveImageWebsocket's PNG): sent in its format whatever the preview method,
+        type 1 (or type 4 for clients that announced preview metadata), never dropped; to the
+        prompt's client, or to every client when the prompt has none (ComfyUI's sid None)."""
         image_format, image, max_size = data["image"]
         encoded, mime = previews.encode_node_image(image, image_format, max_size)
         metadata = self._frame_metadata(data)
