@@ -55,16 +55,17 @@ class Scope:
         return cls({n["id"]: n for n in graph.get("nodes") or []}, parse_links(graph.get("links")),
                    definition or {})
 
-    def boundary_links(self, side: str, index: int) -> list[tuple]:
-        """The links of the subgraph's input/output slot `index`, in the slot's own order."""
+    def boundary_links(self, side: str, index: int) -> list[tuple[Any, tuple]]:
+        """(link id, link) of the subgraph's input/output slot `index`, in the slot's own order
+        (its `linkIds`; the links' own ends when a file lacks them)."""
         slots = self.definition.get(side) or []
         ids = (slots[index].get("linkIds") or []) if index < len(slots) else []
-        links = [self.links[i] for i in ids if i in self.links]
+        links = [(i, self.links[i]) for i in ids if i in self.links]
         if links:
             return links
         end, position = (0, 1) if side == "inputs" else (2, 3)
         boundary = INPUT_BOUNDARY if side == "inputs" else OUTPUT_BOUNDARY
-        return [link for _, link in sorted(self.links.items(), key=lambda kv: str(kv[0]))
+        return [(i, link) for i, link in sorted(self.links.items(), key=lambda kv: str(kv[0]))
                 if link[end] == boundary and link[position] == index]
 
 
@@ -180,7 +181,7 @@ class Resolver:
             links = scope.boundary_links("outputs", slot)
             if not links:
                 return None
-            origin_id, origin_slot = links[0][0], links[0][1]
+            origin_id, origin_slot = links[0][1][0], links[0][1][1]
             if origin_id == INPUT_BOUNDARY:          # an input wired straight to an output
                 return self._through_boundary(placed, origin_slot, visited)
             origin = scope.nodes.get(origin_id)
@@ -232,7 +233,7 @@ class Resolver:
         return values
 
     def _widget_target(self, instance: Placed, scope: Scope, index: int) -> tuple[Placed, dict] | None:
-        for link_id, link in ((i, scope.links[i]) for i in self._input_link_ids(scope, index)):
+        for link_id, link in scope.boundary_links("inputs", index):
             node = scope.nodes.get(link[2])
             if node is None:
                 continue
@@ -246,12 +247,6 @@ class Resolver:
             elif socket.get("widget"):
                 return inner, socket
         return None
-
-    @staticmethod
-    def _input_link_ids(scope: Scope, index: int) -> list:
-        slots = scope.definition.get("inputs") or []
-        ids = [i for i in (slots[index].get("linkIds") or []) if i in scope.links] if index < len(slots) else []
-        return ids or [i for i, link in scope.links.items() if link[0] == INPUT_BOUNDARY and link[1] == index]
 
     def _has_control(self, inner: Placed, socket: dict) -> bool:
         if self.instance_scope(inner.node) is not None:

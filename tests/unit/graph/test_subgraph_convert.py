@@ -285,3 +285,12 @@ def test_subgraph_workflow_is_not_changed_by_conversion(registry):
     before = copy.deepcopy(ui)
     ui_to_api(ui, registry)
     assert ui == before
+
+
+def test_boundary_slots_without_link_ids_are_found_from_the_links(registry):
+    ui = nested()
+    for definition in ui["definitions"]["subgraphs"]:
+        for slot in definition["inputs"] + definition["outputs"]:
+            del slot["linkIds"]
+    assert ui_to_api(ui, registry) == ui_to_api(nested(), registry)
+    assert ui_to_api(ui, registry)["20:7:3"]["inputs"]["seed"] == 99
