@@ -43,6 +43,8 @@ WAN21 = {"reference": dict(dim=256, ffn=512, layers=2, in_dim=16, text_dim=4096,
          "1.3b-2layers": dict(dim=1536, ffn=8960, layers=2, in_dim=16, text_dim=4096, i2v=False),     # bench/wan.py
          "14b": dict(dim=5120, ffn=13824, layers=40, in_dim=16, text_dim=4096, i2v=False),
          "14b-i2v": dict(dim=5120, ffn=13824, layers=40, in_dim=36, text_dim=4096, i2v=True),
+         # Wan 2.2 14B I2V experts: start-image channels (in_dim 36) but no CLIP-vision rows (no img_emb)
+         "tiny-i2v-22": dict(dim=128, ffn=256, layers=2, in_dim=36, text_dim=64, i2v=False),
          # Wan 2.2 TI2V: the same layout on the 48-channel Wan 2.2 latent (family wan22)
          "tiny-ti2v": dict(dim=128, ffn=256, layers=2, in_dim=48, text_dim=64, i2v=False, out_dim=48),
          "5b": dict(dim=3072, ffn=14336, layers=30, in_dim=48, text_dim=4096, i2v=False, out_dim=48)}

@@ -113,6 +113,40 @@ def test_a_wan21_model_ignores_the_mask():
         assert torch.equal(net(x, torch.tensor([500.0]), ctx, denoise_mask=mask), net(x, torch.tensor([500.0]), ctx))
 
 
+def test_a_wan22_i2v_expert_takes_start_image_channels_without_clip_vision():
+    """The Wan 2.2 14B I2V experts have in_dim 36 and no img_emb: ComfyUI's WAN21_T2V class, whose
+    concat_cond still puts [4 mask | 16 start-image latent] channels in front (zeros without an image)."""
+    from diffmesh.models import testmodels_dit
+    from diffmesh.models.dit import family, wan
+
+    sd = testmodels_dit.state_dict("wan21", "tiny-i2v-22")
+    shapes = _shapes(sd)
+    assert detect_family(shapes) == "wan21"
+    cfg = family("wan21").config(shapes)
+    assert (cfg["model_type"], cfg["in_dim"], cfg["out_dim"]) == ("t2v", 36, 16)
+    net = wan.WanTransformer(cfg)
+    net.load_state_dict(sd)
+    g = torch.Generator().manual_seed(5)
+    x, ctx, t = torch.randn(1, 16, 3, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.tensor([600.0])
+    mask = torch.ones(1, 1, 3, 4, 4)
+    mask[:, :, 0] = 0
+    extra = family("wan21").extra_conds({"concat_latent_image": torch.randn(1, 16, 3, 4, 4, generator=g),
+                                         "concat_mask": mask}, tuple(x.shape))
+    assert extra["concat"].shape == (1, 20, 3, 4, 4) and "clip_fea" not in extra
+    assert torch.equal(extra["concat"][:, :4, 0], torch.ones(1, 4, 4, 4))       # 1 - mask on the given frame
+    with torch.no_grad():
+        given = net(x, t, ctx, concat=extra["concat"])
+        zeros = net(x, t, ctx)
+    assert torch.equal(zeros, net(x, t, ctx, concat=torch.zeros(1, 20, 3, 4, 4)))
+    assert (given - zeros).abs().mean() > 1e-4
+
+
+def detect_family(shapes: dict) -> str:
+    from diffmesh.models import detect
+
+    return detect.dit_family(shapes)[0]
+
+
 # ---------------------------------------------------------------- the Wan 2.2 VAE
 
 def test_the_test_file_has_comfyuis_wan22_vae_keys_and_shapes():
