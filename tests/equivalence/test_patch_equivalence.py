@@ -104,3 +104,23 @@ def test_tiled_decode_and_encode_spread_over_workers_match_single_device(three_w
     tiled = engine.vae_encode(vae, image, tiling)
     assert_same(tiled, reference_engine.vae_encode(vae, image, tiling), 1e-6)
     assert (tiled - reference_engine.vae_encode(vae, image)).abs().max() > 1e-3
+
+
+def test_planner_picks_patch_for_a_large_cfg_one_image_and_says_why_not_otherwise(two_workers, reference_engine,
+                                                                                  tiny_models):
+    """auto: a cfg-1 SD image of 64 latent rows (32 per worker) goes to patch parallel, a 16-row one
+    stays on one worker, cfg 7 prefers CFG parallel (no halos); --parallel patch on 12 rows (not a
+    multiple of SD1's 8) runs on one worker and the plan says why."""
+    unet = ModelHandle(tiny_models["sd1"], "unet", "sd1")
+    big = _job(reference_engine, "sd1", tiny_models["sd1"], cfg=1.0, sampler="euler", steps=1, rows=64, cols=8)
+    auto = Engine(two_workers, parallel="auto")
+    result = auto.sample(unet, big)
+    assert auto.last_plan.strategy == "patch"
+    assert_same(result, reference_engine.sample(unet, big))
+    auto.sample(unet, _job(reference_engine, "sd1", tiny_models["sd1"], cfg=1.0, steps=1, rows=16, cols=8))
+    assert auto.last_plan.strategy == "single"
+    auto.sample(unet, _job(reference_engine, "sd1", tiny_models["sd1"], cfg=7.0, steps=1, rows=64, cols=8))
+    assert auto.last_plan.strategy == "cfg"
+    asked = Engine(two_workers, parallel="patch")
+    asked.sample(unet, _job(reference_engine, "sd1", tiny_models["sd1"], steps=1, rows=12, cols=8))
+    assert asked.last_plan.strategy == "single" and "not split into bands of 8 rows" in asked.last_plan.reason

@@ -2,7 +2,7 @@
 
 Setups run one after another (never at once, so each has the machine to itself):
   base    1 worker, `--threads-per-worker` threads (1)        the reference
-  multi   N workers, the same threads each                   cfg / batch / queue parallel
+  multi   N workers, the same threads each                   cfg / batch / queue / patch parallel
   wide    1 worker with N x threads (CPU only)               "one process using every core"
 Ratios: speed-up = reference time / parallel time; efficiency = speed-up / N.
 """
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SCENARIOS = ("latency", "batch", "queue", "wide")
+SCENARIOS = ("latency", "batch", "queue", "wide", "patch")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +83,9 @@ def _run_setup(name, devices, threads, work, args, wanted, out) -> None:
         if "latency" in wanted and name != "wide":
             result["latency"] = scenarios.latency(setup, work, "cfg" if many else "none")
             print(f"[{name}] latency {result['latency']['total_s']:.2f} s", file=sys.stderr, flush=True)
+        if "patch" in wanted and many and name != "wide":      # exact patch parallel: the same image, rows split
+            result["patch"] = scenarios.latency(setup, work, "patch")
+            print(f"[{name}] patch {result['patch']['total_s']:.2f} s", file=sys.stderr, flush=True)
         if "batch" in wanted and name != "wide":
             result["batch"] = scenarios.batch(setup, work, args.batch, "batch" if many else "none")
             print(f"[{name}] batch {result['batch']['sample_s']:.2f} s", file=sys.stderr, flush=True)
@@ -101,6 +104,11 @@ def _summary(results: dict[str, Any], n: int) -> dict[str, Any]:
         summary["cfg_parallel_step"] = {"speedup": sp, "efficiency": round(sp / n, 3)}
         sp = _ratio(base["latency"]["total_s"], multi["latency"]["total_s"])
         summary["cfg_parallel_image_latency"] = {"speedup": sp, "efficiency": round(sp / n, 3)}
+    if "latency" in base and "patch" in multi:     # the 1-worker latency run is the reference
+        sp = _ratio(base["latency"]["step_s"], multi["patch"]["step_s"])
+        summary["patch_parallel_step"] = {"speedup": sp, "efficiency": round(sp / n, 3)}
+        sp = _ratio(base["latency"]["total_s"], multi["patch"]["total_s"])
+        summary["patch_parallel_image_latency"] = {"speedup": sp, "efficiency": round(sp / n, 3)}
     if "batch" in base and "batch" in multi:
         sp = _ratio(base["batch"]["sample_s"], multi["batch"]["sample_s"])
         summary["batch_parallel"] = {"speedup": sp, "efficiency": round(sp / n, 3)}

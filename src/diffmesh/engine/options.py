@@ -15,7 +15,8 @@ from diffmesh.executors import BACKENDS
 
 PARALLEL_HELP = ("how several devices share work: auto (planner decides per job and per queue), none (one device "
                  "per job; placement only), batch (split batches), cfg (cond/uncond on two devices), queue "
-                 "(one prompt per device), sequence (a transformer's image tokens split over the devices)")
+                 "(one prompt per device), sequence (a transformer's image tokens split over the devices), patch (an SD "
+                 "UNet's and the VAE's latent rows split in bands over the devices, exact)")
 SEQUENCE_ATTENTION_HELP = ("attention exchange of sequence parallel: auto (Ulysses all-to-all when the model has at "
                            "least as many heads as devices, else ring), ulysses, ring")
 
