@@ -1,4 +1,5 @@
-"""The Wan 2.1 VAE (also Qwen-Image's VAE: same architecture), from the original Wan file layout.
+"""The Wan 2.1 VAE (also Qwen-Image's VAE: same architecture) and the Wan 2.2 VAE (48 channels,
+`models.vae_wan22` maps its keys), from the original Wan file layouts.
 
 Files in the original layout (`encoder.downsamples.*`, `decoder.upsamples.*`, `encoder.middle.*`,
 `conv1`/`conv2`, RMS-norm `gamma`s) are converted with diffusers' `convert_wan_vae_to_diffusers` and
@@ -10,7 +11,10 @@ reference run (wan21_64_euler, all 5 frames).
 Conventions follow ComfyUI's VAE nodes for video VAEs:
   - decode: latent (B, 16, T, h, w) unscaled (after the latent format's process_out) -> images
     (B*T', 8h, 8w, 3) in [0, 1], frames of each sample in order, T' = 1 + 4*(T-1); a Qwen-Image
-    latent (B, 16, 1, h, w) gives B images. A 4-D latent is read as one frame.
+    latent (B, 16, 1, h, w) gives B images. A 4-D latent is read as one frame. Wan 2.2: 48
+    channels and 16x (2x2 pixel patches around the same 8x network).
+  - memory: one causal chunk at a time (a latent frame when decoding), its output moved to the
+    CPU at once, so the device's peak does not grow with the clip's length.
   - encode: images (N, H, W, 3) are the N frames of one video (ComfyUI's VAEEncode on a video VAE),
     cropped to a multiple of 8 -> latent mean (1, 16, 1 + (N-1)//4, H/8, W/8).
   - decode_tiled: spatial tiles over all frames at once (time stays whole, so the causal caches see

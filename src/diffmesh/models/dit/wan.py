@@ -28,6 +28,9 @@ before the patch embedding (zeros when none are given, as ComfyUI's `concat_cond
 vision rows (`clip_fea`, penultimate hidden states) projected by `img_emb` come before the text
 rows; cross-attention attends the image rows with `k_img`/`v_img` and adds both results.
 
+Per-frame timesteps (Wan 2.2 TI2V 5B, `frame_timesteps` in the config): timestep (B, F) gives
+e (B, F, D) and e0 (B, F, 6, D); each frame's vectors modulate that frame's tokens (`per_token`).
+
 Detection (as ComfyUI's model_detection, "wan2.1"): `head.modulation` present; dim from its width,
 heads = dim / 128, ffn from `blocks.0.ffn.0`, layers counted, in_dim from the patch embedding;
 `img_emb.proj.0.bias` present -> i2v. Default sampling: ModelSamplingDiscreteFlow shift 8, the model
