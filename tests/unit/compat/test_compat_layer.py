@@ -204,7 +204,8 @@ def test_v3_node_becomes_a_nodedef_with_comfyuis_schema_and_conventions(tmp_path
     hidden = {"unique_id": "12", "prompt": {}, "extra_pnginfo": None}
     assert pick.check_lazy_status(ctx, first=False, a=None, b=None, **hidden) == ["b"]
     assert pick.is_changed(paths, first=True, a=None, b=None, **hidden) is True
-    assert pick.validated_input_names() == ["first"] and pick.validate_inputs(paths, first=3) == "first must be a boolean"
+    assert pick.validated_input_names() == ["first"]
+    assert pick.validate_inputs(paths, first=3) == "first must be a boolean"
     assert pick.execute(ctx, first=False, a=1, b=2, **hidden) == {"result": (2,), "ui": {"text": ["12"]}}
     blocked = pick.execute(ctx, first=True, a=-1, b=2, **hidden)["result"]
     assert isinstance(blocked, ExecutionBlocker) and blocked.message == "no value"
