@@ -124,3 +124,49 @@ def test_planner_picks_patch_for_a_large_cfg_one_image_and_says_why_not_otherwis
     asked = Engine(two_workers, parallel="patch")
     asked.sample(unet, _job(reference_engine, "sd1", tiny_models["sd1"], steps=1, rows=12, cols=8))
     assert asked.last_plan.strategy == "single" and "not split into bands of 8 rows" in asked.last_plan.reason
+
+
+def test_controlnet_residuals_reach_each_band(tiny_models, tmp_path):
+    """A ControlNet-conditioned KSampler run through the real runtime: 2 workers with --parallel patch
+    (each band gets its rows of every residual) give the latent of the 1-worker runtime."""
+    import argparse
+    import os
+
+    from diffmesh.models import testmodels_controlnet as tcn
+    from diffmesh.runtime import Runtime
+
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "controlnet").mkdir()
+    os.symlink(tiny_models["sd1"], models / "checkpoints" / "tiny-sd1.safetensors")
+    tcn.write(models / "controlnet" / "tiny-cn.safetensors", "cldm")
+    prompt = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 320, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+        "31": {"class_type": "EmptyLatentImage", "inputs": {"width": 80, "height": 48, "batch_size": 1}},
+        "30": {"class_type": "VAEDecode", "inputs": {"samples": ["31", 0], "vae": ["4", 2]}},
+        "20": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "tiny-cn.safetensors"}},
+        "21": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["6", 0], "negative": ["7", 0], "control_net": ["20", 0], "image": ["30", 0],
+            "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "vae": ["4", 2]}},
+        "3": {"class_type": "KSampler", "inputs": {"seed": 3, "steps": 2, "cfg": 7.0, "sampler_name": "euler",
+                                                  "scheduler": "normal", "denoise": 1.0, "model": ["4", 0],
+                                                  "positive": ["21", 0], "negative": ["21", 1],
+                                                  "latent_image": ["5", 0]}},
+        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "t"}}}
+    latents = []
+    for workers, parallel in ((1, "none"), (2, "patch")):
+        ns = argparse.Namespace(base_directory=str(tmp_path / f"base{workers}"), models_dir=str(models), cpu=True,
+                                workers=workers, threads_per_worker=1, parallel=parallel)
+        runtime = Runtime.build(ns)
+        try:
+            result = runtime.executor.execute(prompt, "t", {}, None)
+            assert result.status == "success", result.error or result.node_errors
+            latents.append(runtime.executor.cache.get("3").outputs[0][0]["samples"])
+            if workers == 2:
+                assert runtime.engine.last_plan.strategy == "patch"
+        finally:
+            runtime.close()
+    assert_same(latents[1], latents[0])
