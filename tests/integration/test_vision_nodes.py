@@ -2,7 +2,7 @@
 CLIPVisionLoader -> CLIPVisionEncode on a loaded image, StyleModelLoader -> StyleModelApply (Flux Redux)
 on a tiny Flux workflow that samples and decodes, unCLIPConditioning's data and a tiny SD2.1 unCLIP
 checkpoint sampled with it (unCLIPCheckpointLoader's four outputs), GLIGENTextBoxApply's box
-entries (and the error sampling them gives: the UNet does not run GLIGEN yet), and the /object_info
+entries and sampling with them (GLIGEN's fusers in the tiny SD1 UNet), and the /object_info
 schemas of ComfyUI's nodes.py for each node."""
 
 import argparse
@@ -186,7 +186,7 @@ def test_gligen_text_boxes_accumulate_comfyuis_position_entries(runtime):
     wf["3"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a dog"}}
     out = run(runtime, wf, "32")
     kind, model, boxes = out[0][1]["gligen"]
-    assert kind == "position" and model.key_dim == 32 and model.fusers == 1
+    assert kind == "position" and model.key_dim == 32 and model.fusers == 7
     # (pooled text, height // 8, width // 8, y // 8, x // 8) per box, in the order the nodes ran
     assert [b[1:] for b in boxes] == [(5, 8, 2, 1), (2, 2, 0, 3)]
     dog = run(runtime, wf, "3")[0][1]["pooled_output"]
@@ -194,16 +194,23 @@ def test_gligen_text_boxes_accumulate_comfyuis_position_entries(runtime):
     assert not torch.equal(boxes[1][0], dog)
 
 
-def test_sampling_gligen_boxes_stops_with_a_message_naming_the_node(runtime):
-    wf = gligen_boxes([("a dog", 64, 64, 0, 0)])
-    wf.update({"4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-               "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 1, "steps": 1, "cfg": 7.0,
-                                                          "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
-                                                          "positive": ["31", 0], "negative": ["2", 0],
-                                                          "latent_image": ["4", 0]}}})
-    result = runtime.executor.execute(wf, "g", {}, None, outputs_to_execute=["5"])
-    assert result.status == "error"
-    assert "GLIGENTextBoxApply" in str(result.error) and "not run yet" in str(result.error)
+def test_gligen_boxes_steer_sampling_and_leave_the_unet_as_it_was(runtime):
+    def sample(boxes):
+        wf = gligen_boxes(boxes)
+        wf.update({"4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+                   "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 1, "steps": 2, "cfg": 7.0,
+                                                              "sampler_name": "euler", "scheduler": "normal",
+                                                              "denoise": 1.0, "negative": ["2", 0],
+                                                              "positive": ["31", 0] if boxes else ["2", 0],
+                                                              "latent_image": ["4", 0]}}})
+        return run(runtime, wf, "5")["samples"]
+
+    plain = sample([])
+    boxed = sample([("a dog", 32, 32, 0, 0)])
+    moved = sample([("a dog", 32, 32, 32, 32)])
+    assert torch.isfinite(boxed).all() and not torch.allclose(plain, boxed) and not torch.allclose(boxed, moved)
+    runtime.executor.reset_cache()                            # run again on the worker's loaded UNet
+    assert torch.equal(sample([]), plain)                     # the fusers are detached after each call
 
 
 EXPECTED_SCHEMAS = {

@@ -103,9 +103,12 @@ def redux_state_dict(vision_width: int = TINY["width"], text_width: int = 64, se
     return {k: _tensor(k, shape, init, seed) for k, (shape, init) in shapes.items()}
 
 
-def gligen_state_dict(text_width: int = 32, query_dim: int = 32, seed: int = 5) -> dict[str, torch.Tensor]:
+def gligen_state_dict(text_width: int = 32, seed: int = 5) -> dict[str, torch.Tensor]:
     """A GLIGEN file for the tiny SD1 UNet: the position net (ComfyUI's 512-wide MLP over pooled text +
-    8 Fourier frequencies x 2 x 4 box coordinates) and one gated self-attention fuser."""
+    8 Fourier frequencies x 2 x 4 box coordinates) and a gated self-attention fuser for every transformer
+    block of the tiny UNet (heads of 64 as ComfyUI sizes them for text that is not 768 wide)."""
+    from diffmesh.models.testmodels import checkpoint_state_dict
+
     position = 8 * 2 * 4
     shapes: dict[str, tuple] = {
         "position_net.linears.0.weight": ((512, text_width + position), "u"), "position_net.linears.0.bias": ((512,), "n"),
@@ -113,17 +116,25 @@ def gligen_state_dict(text_width: int = 32, query_dim: int = 32, seed: int = 5) 
         "position_net.linears.4.weight": ((text_width, 512), "u"), "position_net.linears.4.bias": ((text_width,), "n"),
         "position_net.null_positive_feature": ((text_width,), "n"),
         "position_net.null_position_feature": ((position,), "n")}
-    fuser = "input_blocks.1.1.transformer_blocks.0.fuser."
-    for name, shape in (("linear.weight", (query_dim, text_width)), ("linear.bias", (query_dim,)),
-                        ("attn.to_q.weight", (query_dim, query_dim)), ("attn.to_k.weight", (query_dim, query_dim)),
-                        ("attn.to_v.weight", (query_dim, query_dim)), ("attn.to_out.0.weight", (query_dim, query_dim)),
-                        ("attn.to_out.0.bias", (query_dim,)), ("ff.net.0.proj.weight", (8 * query_dim, query_dim)),
-                        ("ff.net.0.proj.bias", (8 * query_dim,)), ("ff.net.2.weight", (query_dim, 4 * query_dim)),
-                        ("ff.net.2.bias", (query_dim,)), ("norm1.weight", (query_dim,)), ("norm1.bias", (query_dim,)),
-                        ("norm2.weight", (query_dim,)), ("norm2.bias", (query_dim,)), ("alpha_attn", (1,)),
-                        ("alpha_dense", (1,))):
-        shapes[fuser + name] = (shape, "u" if len(shape) == 2 else "n")
-    return {k: _tensor(k, shape, init, seed) for k, (shape, init) in shapes.items()}
+    unet = checkpoint_state_dict("sd1", "tiny")
+    suffix = ".transformer_blocks.0.norm1.weight"
+    for key in [k for k in unet if k.endswith(suffix)]:
+        dim, inner = unet[key].shape[0], 64 * max(1, unet[key].shape[0] // 64)
+        fuser = key[len("model.diffusion_model."):-len("norm1.weight")] + "fuser."
+        for name, shape in (("linear.weight", (dim, text_width)), ("linear.bias", (dim,)),
+                            ("attn.to_q.weight", (inner, dim)), ("attn.to_k.weight", (inner, dim)),
+                            ("attn.to_v.weight", (inner, dim)), ("attn.to_out.0.weight", (dim, inner)),
+                            ("attn.to_out.0.bias", (dim,)), ("ff.net.0.proj.weight", (8 * dim, dim)),
+                            ("ff.net.0.proj.bias", (8 * dim,)), ("ff.net.2.weight", (dim, 4 * dim)),
+                            ("ff.net.2.bias", (dim,)), ("norm1.weight", (dim,)), ("norm1.bias", (dim,)),
+                            ("norm2.weight", (dim,)), ("norm2.bias", (dim,))):
+            shapes[fuser + name] = (shape, "u" if len(shape) == 2 else "n")
+    sd = {k: _tensor(k, shape, init, seed) for k, (shape, init) in shapes.items()}
+    for key in [k for k in sd if k.endswith("fuser.linear.weight")]:
+        base = key[:-len("linear.weight")]
+        sd[base + "alpha_attn"] = torch.tensor(0.5)     # gates open (trained files: learnt; zero at init)
+        sd[base + "alpha_dense"] = torch.tensor(0.3)
+    return sd
 
 
 def unclip_checkpoint_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ Inputs and outputs are float32; casting to the weight dtype happens here.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ class UNetModel(DeviceAndDtype, nn.Module):
         self.latent_format = latent_format
         cfg = unet.config
         self.pooled_width = None
+        self._gligen: dict[str, Any] = {}   # the GLIGEN file of the latest boxes: {"path", "patch"} (not a submodule)
         if family.sdxl_conditioning:
             self.pooled_width = int(cfg.projection_class_embeddings_input_dim) - 6 * int(cfg.addition_time_embed_dim)
 
@@ -35,7 +37,23 @@ class UNetModel(DeviceAndDtype, nn.Module):
         """Width of an SD2.1 unCLIP UNet's class-embedding input (None for other UNets)."""
         return int(self.unet.config.projection_class_embeddings_input_dim) if self.family.extra.get("unclip") else None
 
+    runs_gligen = True                      # sampling.conds: GLIGEN boxes are run, not refused
+
     def extra_conds(self, options: dict[str, Any], x_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """The family's inputs, and GLIGEN's box tensors (`models.gligen.box_tensors`) when the
+        conditioning carries GLIGENTextBoxApply boxes (only that conditioning runs the fusers, as ComfyUI)."""
+        extras = self._family_conds(options, x_shape)
+        if options.get("gligen") is not None:
+            from diffmesh.models.gligen import box_tensors, load_patch
+
+            _, model, boxes = options["gligen"]
+            if self._gligen.get("path") != model.path:
+                self._gligen = {"path": model.path, "patch": load_patch(model, self.device, self.dtype)}
+            tensors = box_tensors((1,) + tuple(x_shape[1:]), boxes, model.key_dim)
+            extras.update({f"gligen_{k}": v for k, v in tensors.items()})
+        return extras
+
+    def _family_conds(self, options: dict[str, Any], x_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
         """SDXL: text_embeds (1, P) = pooled output, time_ids (1, 6) = size conditioning.
         SD2.1 unCLIP: y (1, adm) from the unCLIPConditioning entries and the sampler's seed."""
         if self.adm_channels is not None:
@@ -79,7 +97,12 @@ class UNetModel(DeviceAndDtype, nn.Module):
             y = extra.get("y")
             y = torch.zeros((x.shape[0], self.adm_channels)) if y is None else y.expand(x.shape[0], -1)
             residuals = {**residuals, "class_labels": y.to(dev, dt)}
-        out = self.unet(x.to(dev, dt), timestep, encoder_hidden_states=context.to(dev, dt),
-                        added_cond_kwargs=added, return_dict=False, **residuals)[0]
+        gligen = None
+        if "gligen_boxes" in extra:         # diffusers' GLIGEN path: position net -> objs -> each block's fuser
+            gligen = {"gligen": {"boxes": extra["gligen_boxes"].to(dev, dt), "masks": extra["gligen_masks"].to(dev, dt),
+                                 "positive_embeddings": extra["gligen_embeddings"].to(dev, dt)}}
+        with self._gligen["patch"].attached(self.unet) if gligen else contextlib.nullcontext():
+            out = self.unet(x.to(dev, dt), timestep, encoder_hidden_states=context.to(dev, dt),
+                            added_cond_kwargs=added, cross_attention_kwargs=gligen, return_dict=False, **residuals)[0]
         return out.float()
 

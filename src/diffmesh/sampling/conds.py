@@ -87,13 +87,13 @@ def _add_same_area_partner(entries: list, c: dict) -> None:
 
 # Conditioning options whose model side diffmesh does not run yet: sampling them would silently give
 # another image than ComfyUI, so sampling stops and names the node that put them there.
-NOT_RUN_YET = {
-    "gligen": "GLIGENTextBoxApply's boxes need GLIGEN's position net and gated self-attention in the UNet, "
-              "which diffmesh does not run yet; remove the GLIGENTextBoxApply nodes from the workflow",
-}
+NOT_RUN_YET: dict[str, str] = {}
 
 
 def _refuse_unrun(options: dict, model) -> None:
+    if "gligen" in options and not getattr(model, "runs_gligen", False):
+        raise NotImplementedError("GLIGENTextBoxApply's boxes run on SD UNets only (ComfyUI's GLIGEN models are "
+                                  "SD1.x); remove the GLIGENTextBoxApply nodes or use an SD1.x checkpoint")
     for key in sorted(NOT_RUN_YET.keys() & options.keys()):
         raise NotImplementedError(f"cannot sample a conditioning with {key!r}: {NOT_RUN_YET[key]}")
     if "unclip_conditioning" in options and getattr(getattr(model, "family", None), "sdxl_conditioning", False):

@@ -202,7 +202,7 @@ def test_gligen_file_is_read_by_its_keys_and_other_files_are_refused(tiny_files)
     from diffmesh.models.gligen import read_gligen
 
     model = read_gligen(tiny_files["gligen"])
-    assert (model.key_dim, model.fusers) == (32, 1)
+    assert (model.key_dim, model.fusers) == (32, 7)          # every transformer block of the tiny SD1 UNet
     with pytest.raises(ModelError, match="not a GLIGEN model.*models/gligen"):
         read_gligen(tiny_files["redux"])
 
@@ -272,3 +272,49 @@ def test_make_test_model_writes_tiny_vision_files_that_load(tmp_path):
     encoder = build_component(ModelHandle(str(tmp_path / "l.safetensors"), "clip", "clip_vision"))
     assert encoder.config["kind"] == "vit_l" and encoder.config["hidden_act"] == "quick_gelu"
     assert detect_family(str(tmp_path / "u.safetensors")) == "sd2unclip"
+
+
+def _attention(q_in, kv_in, attn, heads):
+    """By hand: multi-head softmax attention with the module's projections."""
+    b, n, _ = q_in.shape
+    q, k, v = attn.to_q(q_in), attn.to_k(kv_in), attn.to_v(kv_in)
+    split = lambda t: t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2)   # noqa: E731
+    q, k, v = split(q), split(k), split(v)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    return attn.to_out[0]((weights @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+def test_gligen_patch_is_comfyuis_position_net_and_gated_self_attention(tiny_files):
+    """ComfyUI's formulas written out by hand: Fourier box features (sin, cos per frequency 100^(i/8)),
+    null features where the mask is 0, the 512-wide SiLU MLP; then x + tanh(a_attn) attn(norm1([x, objs]))
+    over the visual rows, + tanh(a_dense) GEGLU-MLP(norm2(x))."""
+    from safetensors.torch import load_file
+
+    from diffmesh.models.gligen import GligenPatch, box_tensors
+
+    sd = load_file(tiny_files["gligen"])
+    patch = GligenPatch(sd, "tiny")
+    pooled = torch.randn(1, 32, generator=torch.Generator().manual_seed(2))
+    boxes = box_tensors((1, 4, 8, 8), [(pooled, 4, 4, 2, 2)], key_dim=32)
+    objs = patch.position_net(boxes["boxes"], boxes["masks"], positive_embeddings=boxes["embeddings"])
+    freqs = 100 ** (torch.arange(8) / 8)
+    box = boxes["boxes"][0, 0]
+    fourier = torch.cat([torch.cat([torch.sin(f * box), torch.cos(f * box)]) for f in freqs])
+    mlp = lambda t: torch.nn.functional.linear(torch.nn.functional.silu(torch.nn.functional.linear(  # noqa: E731
+        torch.nn.functional.silu(torch.nn.functional.linear(t, sd["position_net.linears.0.weight"],
+                                                            sd["position_net.linears.0.bias"])),
+        sd["position_net.linears.2.weight"], sd["position_net.linears.2.bias"])),
+        sd["position_net.linears.4.weight"], sd["position_net.linears.4.bias"])
+    assert torch.allclose(objs[0, 0], mlp(torch.cat([pooled[0], fourier])), atol=1e-5)
+    empty = torch.cat([sd["position_net.null_positive_feature"], sd["position_net.null_position_feature"]])
+    assert torch.allclose(objs[0, 1], mlp(empty), atol=1e-5)
+
+    fuser = patch.fusers[0]                                    # input_blocks.1: 32 wide, one head of 64
+    x = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(3))
+    tokens = fuser.linear(objs)
+    h = x + math.tanh(0.5) * _attention(fuser.norm1(torch.cat([x, tokens], 1)),
+                                        fuser.norm1(torch.cat([x, tokens], 1)), fuser.attn, 1)[:, :16]
+    proj = fuser.ff.net[0].proj(fuser.norm2(h))
+    a, gate = proj.chunk(2, dim=-1)
+    expected = h + math.tanh(0.3) * fuser.ff.net[2](a * torch.nn.functional.gelu(gate))
+    assert torch.allclose(fuser(x, objs), expected, atol=1e-5)
