@@ -1,7 +1,7 @@
 """Vision conditioning nodes through the real runtime (in-process CPU worker) on tiny random files:
 CLIPVisionLoader -> CLIPVisionEncode on a loaded image, StyleModelLoader -> StyleModelApply (Flux Redux)
 on a tiny Flux workflow that samples and decodes, unCLIPConditioning's data and a tiny SD2.1 unCLIP
-checkpoint sampled with it (unCLIPCheckpointLoader's four outputs), GLIGENTextBoxApply's box
+checkpoint sampled with it (unCLIPCheckpointLoader's four outputs), SDXL Revision, GLIGENTextBoxApply's box
 entries and sampling with them (GLIGEN's fusers in the tiny SD1 UNet), and the /object_info
 schemas of ComfyUI's nodes.py for each node."""
 
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from diffmesh.models.testmodels import make_test_model
-from diffmesh.models.testmodels_vision import write_tiny_vision_models
+from diffmesh.models.testmodels_vision import clip_vision_state_dict, save, write_tiny_vision_models
 from diffmesh.runtime import Runtime
 
 
@@ -29,6 +29,8 @@ def runtime(models_base, tmp_path_factory):
     make_test_model("clip_l", "tiny", models / "text_encoders" / "tiny-clip-l.safetensors")
     make_test_model("t5xxl", "tiny", models / "text_encoders" / "tiny-t5xxl.safetensors")
     write_tiny_vision_models(models)
+    # a bigG whose image embedding is the tiny SDXL's pooled width (SDXL Revision)
+    save(clip_vision_state_dict("vit_g", projection=64), models / "clip_vision" / "tiny_vit_g_revision.safetensors")
     (base / "input").mkdir()
     pixels = np.random.default_rng(0).integers(0, 256, (72, 96, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(base / "input" / "photo.png")
@@ -159,13 +161,23 @@ def test_unclip_checkpoint_samples_with_the_image_embedding(runtime):
     assert run(runtime, unclip(1.0), "22").image_embeds.shape == (1, 1024)
 
 
-def test_unclip_conditioning_on_sdxl_stops_instead_of_being_ignored(runtime):
-    wf = unclip(1.0)
-    wf["10"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sdxl.safetensors"}}
-    wf["2"]["inputs"]["clip"] = wf["3"]["inputs"]["clip"] = ["10", 1]
-    wf["6"]["inputs"]["model"] = ["10", 0]
-    result = runtime.executor.execute(wf, "x", {}, None, outputs_to_execute=["6"])
-    assert result.status == "error" and "unCLIPConditioning on an SDXL model" in str(result.error)
+def test_sdxl_revision_workflow_samples_with_the_image_in_place_of_the_pooled_text(runtime):
+    def revision(strength):
+        wf = {**vision("tiny_vit_g_revision.safetensors"),
+              "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sdxl.safetensors"}},
+              "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a cat"}},
+              "4": {"class_type": "unCLIPConditioning", "inputs": {"conditioning": ["2", 0], "strength": strength,
+                                                                   "clip_vision_output": ["22", 0],
+                                                                   "noise_augmentation": 0.1}},
+              "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+              "6": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 5, "steps": 2, "cfg": 1.0,
+                                                         "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+                                                         "positive": ["4", 0], "negative": ["2", 0],
+                                                         "latent_image": ["5", 0]}}}
+        return run(runtime, wf, "6")["samples"]
+
+    plain, half, full = revision(0.0), revision(0.5), revision(1.0)
+    assert torch.isfinite(full).all() and not torch.allclose(plain, full) and not torch.allclose(half, full)
 
 
 def gligen_boxes(boxes: list[tuple]) -> dict:
@@ -223,7 +235,8 @@ EXPECTED_SCHEMAS = {
         "x": ["INT", {"default": 0, "min": 0, "max": 16384, "step": 8}],
         "y": ["INT", {"default": 0, "min": 0, "max": 16384, "step": 8}]}}, ["CONDITIONING"], "conditioning/gligen"),
     "CLIPVisionLoader": ({"required": {"clip_name": [["tiny_open_clip_h.safetensors", "tiny_siglip.safetensors",
-                                                      "tiny_vit_g.safetensors", "tiny_vit_h.safetensors",
+                                                      "tiny_vit_g.safetensors", "tiny_vit_g_revision.safetensors",
+                                                      "tiny_vit_h.safetensors",
                                                       "tiny_vit_l.safetensors"]]}},
                          ["CLIP_VISION"], "loaders"),
     "CLIPVisionEncode": ({"required": {"clip_vision": ["CLIP_VISION"], "image": ["IMAGE"],

@@ -60,13 +60,18 @@ def _vision_spec(kind: str, image_size: int) -> dict[str, tuple]:
     return spec
 
 
-def clip_vision_state_dict(kind: str = "vit_h", seed: int = 0, image_size: int | None = None) -> dict[str, torch.Tensor]:
-    """A tiny encoder in the transformers layout ComfyUI's clip_vision files use."""
+def clip_vision_state_dict(kind: str = "vit_h", seed: int = 0, image_size: int | None = None,
+                           projection: int | None = None) -> dict[str, torch.Tensor]:
+    """A tiny encoder in the transformers layout ComfyUI's clip_vision files use (`projection`: the
+    image-embedding width, 16 unless given)."""
     if kind not in TINY_DEPTH:
         raise ModelError(f"no tiny CLIP-vision model of kind {kind!r}", where="testmodels_vision",
                          fix=f"use one of {sorted(TINY_DEPTH)}")
     size = image_size or (56 if kind == "siglip" else 224)
-    return {k: _tensor(k, shape, init, seed) for k, (shape, init) in _vision_spec(kind, size).items()}
+    sd = {k: _tensor(k, shape, init, seed) for k, (shape, init) in _vision_spec(kind, size).items()}
+    if projection is not None and kind != "siglip":
+        sd["visual_projection.weight"] = _tensor("visual_projection.weight", (projection, TINY["width"]), "u", seed)
+    return sd
 
 
 def to_open_clip(sd: dict[str, torch.Tensor], prefix: str = "visual.") -> dict[str, torch.Tensor]:
@@ -148,8 +153,7 @@ def unclip_checkpoint_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     for key, shape, init in (("label_emb.0.0.weight", (time_dim, 2048), "u"), ("label_emb.0.0.bias", (time_dim,), "n"),
                              ("label_emb.0.2.weight", (time_dim, time_dim), "u"), ("label_emb.0.2.bias", (time_dim,), "n")):
         sd["model.diffusion_model." + key] = _tensor(key, shape, init, seed)
-    vision = clip_vision_state_dict("vit_h", seed)
-    vision["visual_projection.weight"] = _tensor("unclip-projection", (1024, TINY["width"]), "u", seed)
+    vision = clip_vision_state_dict("vit_h", seed, projection=1024)
     sd.update(to_open_clip(vision, "embedder.model.visual."))
     return sd
 

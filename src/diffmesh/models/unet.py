@@ -66,6 +66,11 @@ class UNetModel(DeviceAndDtype, nn.Module):
         from diffmesh.models.families.sdxl import size_conditioning
 
         pooled = options.get("pooled_output")
+        if options.get("unclip_conditioning") is not None:     # Revision: ComfyUI's sdxl_pooled (merge level 0)
+            from diffmesh.models.unclip import unclip_adm
+
+            pooled = unclip_adm(options["unclip_conditioning"], 2 * self.pooled_width, int(options.get("seed", 0)),
+                                0.0)[:, :self.pooled_width]
         if pooled is None:
             pooled = torch.zeros((1, self.pooled_width))  # ComfyUI also uses zeros when no pooled output
         return {"text_embeds": pooled.float().reshape(-1, pooled.shape[-1])[:1].cpu(),

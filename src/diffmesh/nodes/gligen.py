@@ -1,9 +1,8 @@
 """GLIGENLoader and GLIGENTextBoxApply with ComfyUI's schemas and conditioning data.
 
 GLIGENTextBoxApply appends `(pooled text, height // 8, width // 8, y // 8, x // 8)` to the
-conditioning's `gligen` entry, `("position", GLIGEN, [boxes...])`, as ComfyUI does. The UNet does not
-run GLIGEN's gated self-attention yet: sampling such a conditioning raises an error naming the node
-(see `models.gligen`).
+conditioning's `gligen` entry, `("position", GLIGEN, [boxes...])`, as ComfyUI does; the SD UNet runs
+GLIGEN's position net and gated self-attention for that conditioning (`models.gligen`, `models.unet`).
 """
 
 from __future__ import annotations

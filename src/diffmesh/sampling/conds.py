@@ -85,21 +85,11 @@ def _add_same_area_partner(entries: list, c: dict) -> None:
     entries.append(out)
 
 
-# Conditioning options whose model side diffmesh does not run yet: sampling them would silently give
-# another image than ComfyUI, so sampling stops and names the node that put them there.
-NOT_RUN_YET: dict[str, str] = {}
-
-
 def _refuse_unrun(options: dict, model) -> None:
+    """GLIGEN boxes on a model that cannot run them would be silently ignored: stop and say so."""
     if "gligen" in options and not getattr(model, "runs_gligen", False):
         raise NotImplementedError("GLIGENTextBoxApply's boxes run on SD UNets only (ComfyUI's GLIGEN models are "
                                   "SD1.x); remove the GLIGENTextBoxApply nodes or use an SD1.x checkpoint")
-    for key in sorted(NOT_RUN_YET.keys() & options.keys()):
-        raise NotImplementedError(f"cannot sample a conditioning with {key!r}: {NOT_RUN_YET[key]}")
-    if "unclip_conditioning" in options and getattr(getattr(model, "family", None), "sdxl_conditioning", False):
-        raise NotImplementedError("unCLIPConditioning on an SDXL model (Revision: ComfyUI puts the noise-augmented "
-                                  "image embedding in place of the pooled text) is not run by diffmesh yet; "
-                                  "remove the unCLIPConditioning node")
 
 
 def prepare_conds(conds: dict[str, list], model, x_shape, model_sampling, seed: int | None = None) -> dict[str, list[dict]]:

@@ -318,3 +318,22 @@ def test_gligen_patch_is_comfyuis_position_net_and_gated_self_attention(tiny_fil
     a, gate = proj.chunk(2, dim=-1)
     expected = h + math.tanh(0.3) * fuser.ff.net[2](a * torch.nn.functional.gelu(gate))
     assert torch.allclose(fuser(x, objs), expected, atol=1e-5)
+
+
+def test_sdxl_revision_replaces_the_pooled_text_with_the_merged_image_embeddings(tiny_models):
+    """ComfyUI's sdxl_pooled: unclip_adm with merge level 0 (not unCLIP's 0.05), first 1280 (here 64) columns."""
+    from diffmesh.models.unclip import unclip_adm
+
+    unet = build_component(ModelHandle(tiny_models["sdxl"], "unet", "sdxl"))
+    embeds = torch.randn(2, 64, generator=torch.Generator().manual_seed(6))
+    entry = {"clip_vision_output": cv.ClipVisionOutput(image_embeds=embeds), "strength": 1.0, "noise_augmentation": 0.0}
+    options = {"pooled_output": torch.ones(1, 64), "unclip_conditioning": [entry], "seed": 17}
+    pooled = unet.extra_conds(options, (1, 4, 8, 8))["text_embeds"]
+    g = torch.Generator().manual_seed(7)
+    noise, merge_noise = torch.randn(1, 64, generator=g), torch.randn(1, 64, generator=g)
+    ab0 = _alpha_bar(0)
+    total = sum(math.sqrt(ab0) * e[None] + math.sqrt(1 - ab0) * noise for e in embeds)
+    assert torch.allclose(pooled, math.sqrt(ab0) * total + math.sqrt(1 - ab0) * merge_noise, atol=1e-5)
+    assert not torch.allclose(pooled, unclip_adm([entry], 128, 17)[:, :64])          # unCLIP's merge level differs
+    assert torch.equal(unet.extra_conds({"pooled_output": torch.ones(1, 64)}, (1, 4, 8, 8))["text_embeds"],
+                       torch.ones(1, 64))
