@@ -3,6 +3,8 @@ processes (one thread each), tiny SD1 handles and fully specified sampling jobs.
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -31,6 +33,34 @@ def two_workers():
     executor.start()
     yield executor
     executor.shutdown(timeout=5)
+
+
+@pytest.fixture(scope="session", params=["inproc", "multiproc", "ray"])
+def backend_workers(request, two_workers):
+    """Two one-thread CPU workers behind each executor backend: in this process (threads), child
+    processes, and Ray actors on a local two-node cluster (127.0.0.2 and 127.0.0.3, token auth)."""
+    specs = [WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(2)]
+    if request.param == "multiproc":
+        yield two_workers
+    elif request.param == "inproc":
+        executor = InProcessExecutor(specs)
+        executor.start()
+        yield executor
+        executor.shutdown()
+    else:
+        if importlib.util.find_spec("ray") is None:
+            pytest.skip("the Ray executor needs the `ray` extra")
+        from raycluster import driver_env, ray_cluster
+        from diffmesh.executors.ray_actors import RayExecutor
+
+        # the token must be in the environment before this process first uses Ray: Ray caches it
+        with ray_cluster() as (address, env), driver_env(env):
+            executor = RayExecutor(specs, address=address)
+            executor.start()
+            try:
+                yield executor
+            finally:
+                executor.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -20,41 +20,41 @@ def assert_same_latent(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m_sde"])
-def test_batch_parallel_matches_single_device(two_workers, reference_engine, sd1, make_job, sampler):
+def test_batch_parallel_matches_single_device(backend_workers, reference_engine, sd1, make_job, sampler):
     job = make_job(batch=4, sampler=sampler)
-    engine = Engine(two_workers, parallel="batch")
+    engine = Engine(backend_workers, parallel="batch")
     result = engine.sample(sd1["unet"], job)
     assert engine.last_plan.strategy == "batch" and engine.last_plan.ranges == ((0, 2), (2, 4))
     assert_same_latent(result, reference_engine.sample(sd1["unet"], job))
 
 
-def test_uneven_batch_split_by_speed_matches_single_device(two_workers, reference_engine, sd1, make_job):
+def test_uneven_batch_split_by_speed_matches_single_device(backend_workers, reference_engine, sd1, make_job):
     job = make_job(batch=3, sampler="euler_ancestral", seed=7)
-    engine = Engine(two_workers, parallel="batch", speeds={0: 0.5, 1: 1.0})
+    engine = Engine(backend_workers, parallel="batch", speeds={0: 0.5, 1: 1.0})
     result = engine.sample(sd1["unet"], job)
     assert engine.last_plan.workers == (1, 0) and engine.last_plan.ranges == ((0, 2), (2, 3))
     assert_same_latent(result, reference_engine.sample(sd1["unet"], job))
 
 
 @pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m"])
-def test_cfg_parallel_matches_single_device(two_workers, reference_engine, sd1, make_job, sampler):
+def test_cfg_parallel_matches_single_device(backend_workers, reference_engine, sd1, make_job, sampler):
     job = make_job(batch=1, cfg=6.5, sampler=sampler, steps=4)
-    engine = Engine(two_workers, parallel="cfg")
+    engine = Engine(backend_workers, parallel="cfg")
     result = engine.sample(sd1["unet"], job)
     assert engine.last_plan.strategy == "cfg"
     assert_same_latent(result, reference_engine.sample(sd1["unet"], job))
 
 
-def test_cfg_split_node_request_overrides_the_flag(two_workers, reference_engine, sd1, make_job):
+def test_cfg_split_node_request_overrides_the_flag(backend_workers, reference_engine, sd1, make_job):
     job = make_job(batch=2, cfg=5.0, seed=3)
-    engine = Engine(two_workers, parallel="none")
+    engine = Engine(backend_workers, parallel="none")
     result = engine.sample(with_parallel_request(sd1["unet"], "cfg"), job)
     assert engine.last_plan.strategy == "cfg"
     assert_same_latent(result, reference_engine.sample(sd1["unet"], job))
 
 
-def test_auto_plan_picks_a_strategy_that_matches_single_device(two_workers, reference_engine, sd1, make_job):
-    engine = Engine(two_workers, parallel="auto")
+def test_auto_plan_picks_a_strategy_that_matches_single_device(backend_workers, reference_engine, sd1, make_job):
+    engine = Engine(backend_workers, parallel="auto")
     for batch, expected in ((1, "cfg"), (2, "batch")):
         job = make_job(batch=batch, seed=11)
         result = engine.sample(sd1["unet"], job)
@@ -70,8 +70,8 @@ def _whole_prompt(engine, sd1, job_maker, seed):
     return engine.vae_decode(sd1["vae"], latent)
 
 
-def test_queue_parallel_runs_prompts_concurrently_one_per_worker(two_workers, reference_engine, sd1, make_job):
-    engine = Engine(two_workers, parallel="queue")
+def test_queue_parallel_runs_prompts_concurrently_one_per_worker(backend_workers, reference_engine, sd1, make_job):
+    engine = Engine(backend_workers, parallel="queue")
     leases = [engine.acquire(pending=2), engine.acquire(pending=2)]
     assert sorted(w for lease in leases for w in lease.worker_ids) == [0, 1]
     assert engine.acquire(pending=2, timeout=0.05) is None          # both busy
@@ -92,8 +92,8 @@ def test_queue_parallel_runs_prompts_concurrently_one_per_worker(two_workers, re
                                    rtol=1e-4, atol=1e-4)
 
 
-def test_placement_runs_text_encoder_and_vae_on_the_second_worker(two_workers, reference_engine, sd1, make_job):
-    engine = Engine(two_workers, parallel="none")
+def test_placement_runs_text_encoder_and_vae_on_the_second_worker(backend_workers, reference_engine, sd1, make_job):
+    engine = Engine(backend_workers, parallel="none")
     assert engine.describe()["placement"] == {"unet": "cpu:0", "clip": "cpu:1", "vae": "cpu:1"}
     image = _whole_prompt(engine, sd1, make_job, 9)
     torch.testing.assert_close(image, _whole_prompt(reference_engine, sd1, make_job, 9), rtol=1e-4, atol=1e-4)
@@ -101,8 +101,8 @@ def test_placement_runs_text_encoder_and_vae_on_the_second_worker(two_workers, r
     assert engine.worker_for(vae_on_0) == 0
 
 
-def test_vae_batch_split_over_workers_matches_single_device(two_workers, reference_engine, sd1):
-    engine = Engine(two_workers, parallel="auto")
+def test_vae_batch_split_over_workers_matches_single_device(backend_workers, reference_engine, sd1):
+    engine = Engine(backend_workers, parallel="auto")
     latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * 3
     assert engine._vae_parts(sd1["vae"], 3) == [(1, 0, 2), (0, 2, 3)]
     images = engine.vae_decode(sd1["vae"], latents)

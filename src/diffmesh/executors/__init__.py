@@ -7,6 +7,7 @@ import importlib
 BACKENDS = {
     "inproc": "diffmesh.executors.inproc:InProcessExecutor",
     "multiproc": "diffmesh.executors.multiproc:MultiProcessExecutor",
+    "ray": "diffmesh.executors.ray_actors:RayExecutor",         # needs the `ray` extra
 }
 
 

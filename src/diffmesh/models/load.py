@@ -173,8 +173,10 @@ def build_unet(handle: ModelHandle, device: torch.device, dtype: torch.dtype, st
         from diffmesh.models.dit.model import build_dit
 
         return build_dit(replace(handle, family=family), device, dtype, store, _lora_patches(handle, store))
-    # diffusers is imported only here: a DiT worker never pays its import (seconds, more on a busy machine)
-    from diffusers import UNet2DConditionModel
+    # diffusers is imported only here: a DiT worker never pays its import (seconds, more on a busy machine).
+    # From its submodule, not the package root: the root's lazy loader is not safe when two in-process
+    # workers (threads) import at once, and then raises ImportError for a class that exists.
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
     from diffmesh.models.unet import UNetModel
     from diffmesh.sampling import latent_formats
@@ -248,7 +250,7 @@ def _vae_base(handle: ModelHandle, store: WeightStore) -> dict:
 
 
 def build_vae(handle: ModelHandle, device: torch.device, dtype: torch.dtype, store: WeightStore):
-    from diffusers import AutoencoderKL
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL   # (see build_unet: thread-safe import)
 
     from diffmesh.models.vae import VAE
 

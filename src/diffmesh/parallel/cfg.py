@@ -124,10 +124,12 @@ class CfgGroups:
 
     def __init__(self, call: Call, generation: Callable[[int], int] = lambda worker: 0,
                  host: str = "127.0.0.1", timeout_s: float = 600.0,
-                 device_of: Callable[[int], str] = lambda worker: "cpu"):
+                 device_of: Callable[[int], str] = lambda worker: "cpu",
+                 rendezvous: Callable[[int], str] | None = None):
         self._call = call
         self._generation = generation        # a restarted worker process has lost its groups
         self._device_of = device_of          # picks the backend: NCCL for two CUDA workers
+        self._rendezvous = rendezvous        # worker -> "tcp://host:port" on that worker's node
         self._host = host
         self._timeout_s = timeout_s
         self._pairs: dict[tuple[int, int], CfgPair] = {}
@@ -143,7 +145,8 @@ class CfgGroups:
         cond, uncond = key[:2]
         self._count += 1
         name = f"cfg-{cond}-{uncond}-{self._count}-{os.urandom(3).hex()}"
-        init = f"tcp://{self._host}:{free_port(self._host)}"
+        # rank 0 hosts the group's store: on its own node when the executor spans machines (Ray)
+        init = self._rendezvous(cond) if self._rendezvous else f"tcp://{self._host}:{free_port(self._host)}"
         backend = group_backend([self._device_of(cond), self._device_of(uncond)])
         futures = [self._call(w, "init_process_group", rank, 2, init, name=name, timeout_s=self._timeout_s,
                               backend=backend)

@@ -240,9 +240,10 @@ class SequenceGroups:
 
     def __init__(self, call: Call, generation: Callable[[int], int] = lambda worker: 0,
                  host: str = "127.0.0.1", timeout_s: float = 600.0,
-                 device_of: Callable[[int], str] = lambda worker: "cpu"):
+                 device_of: Callable[[int], str] = lambda worker: "cpu",
+                 rendezvous: Callable[[int], str] | None = None):
         self._call, self._generation, self._device_of = call, generation, device_of
-        self._host, self._timeout_s = host, timeout_s
+        self._host, self._timeout_s, self._rendezvous = host, timeout_s, rendezvous
         self._groups: dict[tuple, SequenceGroup] = {}
         self._count = 0
         self._lock = threading.Lock()
@@ -260,7 +261,8 @@ class SequenceGroups:
 
         self._count += 1
         name = f"seq-{'-'.join(map(str, workers))}-{self._count}-{os.urandom(3).hex()}"
-        init = f"tcp://{self._host}:{free_port(self._host)}"
+        # rank 0 hosts the group's store: on its own node when the executor spans machines (Ray)
+        init = self._rendezvous(workers[0]) if self._rendezvous else f"tcp://{self._host}:{free_port(self._host)}"
         backend = group_backend([self._device_of(w) for w in workers])
         futures = [self._call(w, "init_process_group", rank, len(workers), init, name=name,
                               timeout_s=self._timeout_s, backend=backend) for rank, w in enumerate(workers)]
