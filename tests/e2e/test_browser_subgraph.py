@@ -1,5 +1,9 @@
 """Subgraphs in the current frontend, served by `diffmesh serve`, in headless Chromium.
 
+The hand-written subgraph workflows of the converter's unit tests (nested, promoted widgets,
+bypassed and muted nodes inside, a bypassed instance) give, in the page, the API prompt diffmesh's
+converter makes of them, both as written and as the frontend saves them again.
+
 A tiny SD1 workflow is loaded into the page; the frontend itself turns its prompts and KSampler
 into a subgraph and that subgraph plus VAEDecode into a second one (nested). Both workflows, the
 nested one and its flat twin, are then loaded into the page again and queued from the UI: their
@@ -10,9 +14,11 @@ workflow the frontend saved with it (`extra_pnginfo.workflow`).
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +135,49 @@ def test_nested_subgraph_queued_from_the_page_matches_its_flat_twin(sub_server):
     assert sampler in nested["executing"] and flat_sampler in flat["executing"]
     assert flat_sampler not in [n for event in flat["cached"] for n in event.get("nodes", [])]
     assert np.array_equal(pixels(nested["png"]), pixels(flat["png"]))
+
+
+def _unit_workflows():
+    """The workflows of tests/unit/graph/test_subgraph_convert.py (loaded by path: the test
+    folders are not packages)."""
+    path = Path(__file__).parents[1] / "unit" / "graph" / "test_subgraph_convert.py"
+    spec = importlib.util.spec_from_file_location("subgraph_convert_cases", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    bypassed_inside = module.one_level()
+    sub = bypassed_inside["definitions"]["subgraphs"][0]
+    sub["nodes"].append(module.node(4, "LatentUpscaleBy", mode=4, widgets=["nearest-exact", 1.5],
+                                    inputs=[{"name": "samples", "type": "LATENT", "link": 8}],
+                                    outputs=[{"name": "LATENT", "type": "LATENT", "links": [9]}]))
+    sub["nodes"].append(module.node(5, "SaveImage", mode=2, widgets=["muted"],
+                                    inputs=[{"name": "images", "type": "IMAGE", "link": None}]))
+    sub["links"][7] = module.link(8, 3, 0, 4, 0, "LATENT")
+    sub["links"].append(module.link(9, 4, 0, -20, 0, "LATENT"))
+    sub["outputs"][0]["linkIds"] = [9]
+    bypassed_instance = module.one_level()
+    bypassed_instance["nodes"][2]["mode"] = 4
+    unsaved_seed = module.nested()
+    del unsaved_seed["nodes"][2]["widgets_values"]
+    return {"one_level": module.one_level(), "nested": module.nested(), "bypassed_inside": bypassed_inside,
+            "bypassed_instance": bypassed_instance, "nested_default_seed": unsaved_seed}
+
+
+def test_the_frontend_flattens_the_unit_test_workflows_as_diffmesh_does(sub_server):
+    registry = build_registry()
+    results = {}
+    with open_page(sub_server) as page:
+        load(page, sub_server.url)
+        for name, workflow in _unit_workflows().items():
+            results[name] = (workflow, page.evaluate("""async ([workflow, name]) => {
+                await window.app.loadGraphData(workflow, true, true, name);
+                return JSON.parse(JSON.stringify(await window.app.graphToPrompt()));
+            }""", [workflow, f"{name}.json"]))
+        assert page.errors == []
+    for name, (written, frontend) in results.items():
+        queued = strip(frontend["output"])
+        assert strip(ui_to_api(frontend["workflow"], registry)) == queued, name
+        # as written: the page only adds diffmesh's optional `device` widget to the loader
+        assert queued["4"]["inputs"].pop("device") == "default"
+        assert strip(ui_to_api(written, registry)) == queued, name
+    assert results["nested"][1]["output"]["20:7:3"]["inputs"]["seed"] == 99
+    assert not [k for k in results["bypassed_instance"][1]["output"] if ":" in k]

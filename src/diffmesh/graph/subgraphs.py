@@ -140,10 +140,13 @@ class Resolver:
 
     def resolve_input(self, placed: Placed, slot: int, visited: set | None = None,
                       requested: Any = None) -> Resolved | None:
-        visited = self._visit(visited, placed, "I", slot)
         if slot >= len(placed.inputs):
             return None
-        socket = placed.inputs[slot]
+        return self.resolve_socket(placed, placed.inputs[slot], visited, requested)
+
+    def resolve_socket(self, placed: Placed, socket: dict, visited: set | None = None,
+                       requested: Any = None) -> Resolved | None:
+        visited = self._visit(visited, placed, "I", socket.get("name"))
         link = placed.scope.links.get(socket.get("link"))
         if link is None:
             return None
@@ -156,14 +159,25 @@ class Resolver:
         source = Placed(origin, placed.scope, placed.path, placed.parent)
         return self.resolve_output(source, origin_slot, requested or socket.get("type"), visited)
 
+    def boundary_socket(self, instance: Placed, index: int) -> dict | None:
+        """The instance's input for its definition's input slot `index`. The frontend rebuilds an
+        instance's inputs from the definition's slots and matches the saved ones by name (and
+        type), so a saved workflow may leave out unlinked widget inputs (compressWidgetInputSlots)."""
+        slots = self.instance_scope(instance.node).definition.get("inputs") or []
+        if index >= len(slots):
+            return instance.inputs[index] if index < len(instance.inputs) else None
+        name, type_ = slots[index].get("name"), slots[index].get("type")
+        same = [s for s in instance.inputs if s.get("name") == name]
+        typed = [s for s in same if s.get("type") == type_]
+        return (typed or same or [{"name": name, "type": type_, "link": None}])[0]
+
     def _through_boundary(self, instance: Placed, index: int, visited: set) -> Resolved | None:
         """Input `index` of a subgraph instance, seen from inside it."""
-        if index >= len(instance.inputs):
+        socket = self.boundary_socket(instance, index)
+        if socket is None:
             return None
-        socket = instance.inputs[index]
-        link = instance.scope.links.get(socket.get("link"))
-        if link is not None:
-            return self.resolve_input(instance, link[3], visited)
+        if instance.scope.links.get(socket.get("link")) is not None:
+            return self.resolve_socket(instance, socket, visited)
         promoted = self.promoted_values(instance)
         return ("value", promoted[index]) if index in promoted else None
 
@@ -215,7 +229,7 @@ class Resolver:
         """
         scope = self.instance_scope(instance.node)
         targets: dict[int, tuple[Placed, dict]] = {}
-        for index in range(len(instance.inputs)):
+        for index in range(len(scope.definition.get("inputs") or instance.inputs)):
             target = self._widget_target(instance, scope, index)
             if target is not None:
                 targets[index] = target
@@ -242,11 +256,19 @@ class Resolver:
                 continue
             inner = Placed(node, scope, instance.path + (str(instance.node["id"]),), instance)
             if self.instance_scope(node) is not None:           # nested promotion
-                if socket_index(node, socket) in self.promoted_values(inner):
+                if self.slot_index(node, socket) in self.promoted_values(inner):
                     return inner, socket
             elif socket.get("widget"):
                 return inner, socket
         return None
+
+    def slot_index(self, instance_node: dict, socket: dict) -> int:
+        """The definition input slot that a saved input of a nested instance stands for."""
+        slots = self.instance_scope(instance_node).definition.get("inputs") or []
+        for index, slot in enumerate(slots):
+            if slot.get("name") == socket.get("name"):
+                return index
+        return next(i for i, s in enumerate(instance_node.get("inputs") or []) if s is socket)
 
     def _has_control(self, inner: Placed, socket: dict) -> bool:
         if self.instance_scope(inner.node) is not None:
@@ -255,12 +277,8 @@ class Resolver:
 
     def _inner_value(self, inner: Placed, socket: dict) -> Any:
         if self.instance_scope(inner.node) is not None:
-            return self.promoted_values(inner).get(socket_index(inner.node, socket))
+            return self.promoted_values(inner).get(self.slot_index(inner.node, socket))
         return self.widgets.value(inner, socket["widget"]["name"])
-
-
-def socket_index(node: dict, socket: dict) -> int:
-    return next(i for i, s in enumerate(node.get("inputs") or []) if s is socket)
 
 
 def subgraph_scopes(ui: dict) -> dict[str, Scope]:

@@ -175,7 +175,8 @@ def nested():
     links = [link(1, -10, 0, 7, 0, "MODEL"), link(2, -10, 1, 7, 1, "CLIP"), link(3, -10, 2, 7, 2, "LATENT"),
              link(4, -10, 3, 6, 1, "VAE"), link(5, -10, 4, 7, 3, "INT"), link(9, 7, 0, 6, 0, "LATENT"),
              link(10, 6, 0, -20, 0, "IMAGE")]
-    outer = {"id": OUTER, "version": 1, "name": "Outer", "inputNode": {"id": -10}, "outputNode": {"id": -20},
+    outer = {"id": OUTER, "version": 1, "name": "Outer", "inputNode": {"id": -10, "bounding": [0, 0, 10, 10]},
+             "outputNode": {"id": -20, "bounding": [0, 0, 10, 10]},
              "inputs": [{"id": "a", "name": "model", "type": "MODEL", "linkIds": [1]},
                         {"id": "b", "name": "clip", "type": "CLIP", "linkIds": [2]},
                         {"id": "c", "name": "latent_image", "type": "LATENT", "linkIds": [3]},
