@@ -158,7 +158,10 @@ def _unit_workflows():
     bypassed_instance["nodes"][2]["mode"] = 4
     unsaved_seed = module.nested()
     del unsaved_seed["nodes"][2]["widgets_values"]
-    return {"one_level": module.one_level(), "nested": module.nested(), "bypassed_inside": bypassed_inside,
+    dynamic = module.one_level()        # deterministic dynamic prompt: one option per choice, a comment
+    dynamic["definitions"]["subgraphs"][0]["nodes"][0]["widgets_values"] = ["a {fox} /* note */ in {snow}"]
+    dynamic["nodes"][-1]["widgets_values"] = ["{x|y}"]
+    return {"one_level": module.one_level(), "dynamic_prompt": dynamic, "nested": module.nested(), "bypassed_inside": bypassed_inside,
             "bypassed_instance": bypassed_instance, "nested_default_seed": unsaved_seed}
 
 
@@ -180,4 +183,6 @@ def test_the_frontend_flattens_the_unit_test_workflows_as_diffmesh_does(sub_serv
         assert queued["4"]["inputs"].pop("device") == "default"
         assert strip(ui_to_api(written, registry)) == queued, name
     assert results["nested"][1]["output"]["20:7:3"]["inputs"]["seed"] == 99
+    dynamic = results["dynamic_prompt"][1]["output"]
+    assert dynamic["10:1"]["inputs"]["text"] == "a fox  in snow" and dynamic["9"]["inputs"]["filename_prefix"] == "{x|y}"
     assert not [k for k in results["bypassed_instance"][1]["output"] if ":" in k]

@@ -295,3 +295,11 @@ def test_boundary_slots_without_link_ids_are_found_from_the_links(registry):
             del slot["linkIds"]
     assert ui_to_api(ui, registry) == ui_to_api(nested(), registry)
     assert ui_to_api(ui, registry)["20:7:3"]["inputs"]["seed"] == 99
+
+
+def test_saved_instance_without_its_unlinked_promoted_input_keeps_the_value(registry):
+    # The frontend saves workflows with unlinked widget inputs left out (compressWidgetInputSlots)
+    # and rebuilds an instance's inputs from its definition's slots when it loads them.
+    ui = one_level(seed=42)
+    del ui["nodes"][2]["inputs"][3]
+    assert ui_to_api(ui, registry)["10:3"]["inputs"]["seed"] == 42
