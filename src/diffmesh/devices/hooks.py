@@ -36,8 +36,9 @@ def _foreign_hooks(module: nn.Module) -> list[str]:
 
 
 def attach(module: nn.Module, name: str, pre: Callable[..., Any] | None = None,
-           post: Callable[..., Any] | None = None, *, outer: bool = False) -> None:
-    """Register `pre(module, args)` / `post(module, args, output)` under `name`."""
+           post: Callable[..., Any] | None = None, *, outer: bool = False, with_kwargs: bool = False) -> None:
+    """Register `pre(module, args)` / `post(module, args, output)` under `name`; with `with_kwargs`
+    the pre-hook is `pre(module, args, kwargs)` and may return new `(args, kwargs)`."""
     registry: dict[str, list] = module.__dict__.setdefault(_REGISTRY_ATTR, {})
     if name in registry:
         raise HookConflict(f"{type(module).__name__} already has a diffmesh {name!r} hook; detach it first")
@@ -47,7 +48,7 @@ def attach(module: nn.Module, name: str, pre: Callable[..., Any] | None = None,
                            f"remove those hooks before diffmesh {name!r} hooks can manage it")
     handles = []
     if pre is not None:
-        handles.append(module.register_forward_pre_hook(pre, prepend=outer))
+        handles.append(module.register_forward_pre_hook(pre, prepend=outer, with_kwargs=with_kwargs))
     if post is not None:
         handles.append(module.register_forward_hook(post, prepend=not outer))
     registry[name] = handles

@@ -58,6 +58,7 @@ class _Loaded:
     last_used: int = 0
     accounted: int = 0
     peak: int = 0
+    layout: Any = None                     # a group layout (parallel.shard / parallel.layersplit), else None
 
 
 def _name(handle: Any) -> str:
@@ -86,6 +87,7 @@ class MemoryManager:
         self._peak = 0
         self._tick = 0
         self._facts: DeviceFacts | None = None
+        self._bandwidth: dict[str, float] | None = None   # measured copy speed of each stream source
         self._lock = threading.RLock()
 
     # -- budget and accounting ---------------------------------------------------------------------
@@ -144,16 +146,18 @@ class MemoryManager:
         return freed
 
     def _offload(self, entry: _Loaded) -> None:
+        if entry.layout is not None:
+            entry.layout.release()
         if entry.placement is not None:
             entry.placement.offload_all()
         entry.placed = False
 
     # -- loading -------------------------------------------------------------------------------------
-    def _build(self, handle: Any, build: Callable[[torch.device, Any], Any]) -> _Loaded:
+    def _build(self, handle: Any, build: Callable[[torch.device, Any], Any], layout: Any = None) -> _Loaded:
         self._drop_idle_variants(handle)
         precision = resolve_precision(getattr(handle, "component", None), self.facts, self.settings,
                                       getattr(handle, "dtype", None))
-        mode = self._modes.get(handle, self.default_mode)
+        mode = "grouped" if layout is not None else self._modes.get(handle, self.default_mode)
         whole = mode in ("highvram", "normalvram")
         build_device = self.device if whole else torch.device("cpu")   # streamed models are built in host memory
         component = build(build_device, precision.compute)
@@ -166,6 +170,8 @@ class MemoryManager:
             attach_cast_hooks(component, precision.compute)
         placement = Placement(component, self.device, lambda delta, h=handle: self._account(h, delta))
         entry = _Loaded(handle, component, placement, mode, precision)
+        if layout is not None:
+            entry.layout = layout(placement)   # places itself in _place: its share of the weights
         self._entries[handle] = entry
         placement.adopt(whole)  # BudgetExceeded leaves the weights in the host store
         if whole:
@@ -193,10 +199,13 @@ class MemoryManager:
         if placement is None:
             entry.placed = True
             return
-        if entry.mode in ("highvram", "normalvram"):
+        if entry.layout is not None:
+            entry.layout.place()
+        elif entry.mode in ("highvram", "normalvram"):
             placement.load_all()
         else:
             placement.offload_all()
+            placement.use_source(self._stream_source(placement.total_bytes))
             total = placement.total_bytes
             if self.free_bytes() < total:
                 self._evict(int(min(total - self.free_bytes(), total)), exclude=entry.handle)
@@ -211,20 +220,36 @@ class MemoryManager:
             placement.place_partial(max(0, resident), limit, prefetch=True)
         entry.placed = True
 
-    def _ensure(self, handle: Any, build: Callable[[torch.device, Any], Any]) -> _Loaded:
+    def _stream_source(self, need: int) -> str:
+        """Where streamed blocks come from: host memory, or a donor device from the `stream_donors`
+        setting ({device: spare bytes}) when its measured copy speed to this device is higher."""
+        donors = self.settings.get("stream_donors") or {}
+        if not donors:
+            return "cpu"
+        from diffmesh.devices.offload import choose_source
+        from diffmesh.devices.topology import measure_bandwidth
+
+        if self._bandwidth is None:            # measured once per manager: 16 MB copies, best of 3
+            self._bandwidth = {src: measure_bandwidth(src, self.device, 16 * MB, 3).gb_per_s * 1e9
+                               for src in ["cpu", *donors]}
+        return choose_source(self._bandwidth, {d: float(r) for d, r in donors.items()}, need)
+
+    def _ensure(self, handle: Any, build: Callable[[torch.device, Any], Any], layout: Any = None) -> _Loaded:
         entry = self._entries.get(handle)
         if entry is None:
-            return self._build(handle, build)
+            return self._build(handle, build, layout)
         if not entry.placed:
             self._place(entry)
         return entry
 
     # -- public interface ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def use(self, handle: Any, build: Callable[[torch.device, Any], Any]) -> Iterator[Any]:
-        """The component of `handle`, ready on the device for the duration of the block."""
+    def use(self, handle: Any, build: Callable[[torch.device, Any], Any], layout: Any = None) -> Iterator[Any]:
+        """The component of `handle`, ready on the device for the duration of the block. `layout`
+        (`layout(placement)` -> an object with place/release_transient/release) places a member's
+        part of a model shared by a group (sharded weights, layer split) instead of a memory mode."""
         with self._lock:
-            entry = self._ensure(handle, build)
+            entry = self._ensure(handle, build, layout)
             entry.in_use += 1
             self._tick += 1
             entry.last_used = self._tick
@@ -235,18 +260,21 @@ class MemoryManager:
                 entry.in_use -= 1
                 if entry.placement is not None:
                     entry.placement.release_transient()
+                if entry.layout is not None:
+                    entry.layout.release_transient()
                 if entry.in_use == 0 and not self.smart_memory and entry.mode != "highvram":
                     self._offload(entry)
 
-    def run(self, handle: Any, build: Callable[[torch.device, Any], Any], fn: Callable[[Any], Any]) -> Any:
+    def run(self, handle: Any, build: Callable[[torch.device, Any], Any], fn: Callable[[Any], Any],
+            layout: Any = None) -> Any:
         """`fn(component)`; on out-of-memory: free, lower this model's mode, retry once, then raise."""
         try:
-            with self.use(handle, build) as component:
+            with self.use(handle, build, layout) as component:
                 return fn(component)
         except torch.OutOfMemoryError:
             self._recover(handle)
         try:
-            with self.use(handle, build) as component:
+            with self.use(handle, build, layout) as component:
                 return fn(component)
         except torch.OutOfMemoryError as exc:
             mode = self._modes.get(handle, self.default_mode)
@@ -259,6 +287,9 @@ class MemoryManager:
         return "none" if self.budget is None else f"{self.budget / MB:.1f} MB"
 
     def _advice(self, mode: str) -> str:
+        if mode == "grouped":
+            return ("this device's share of the model (sharded weights or layer split) does not fit: raise "
+                    "--vram-budget, use more workers (--workers N), or --parallel none to stream on one device")
         if mode != "novram":
             return "start with --lowvram or --novram, raise --vram-budget, or lower --reserve-vram"
         return ("even streaming every block does not fit: lower the resolution or batch size, raise --vram-budget, "
@@ -272,7 +303,8 @@ class MemoryManager:
                     self._offload(other)
             entry = self._entries.get(handle)
             mode = entry.mode if entry else self._modes.get(handle, self.default_mode)
-            lower = MODES[min(MODES.index(mode) + 1, len(MODES) - 1)]
+            # a group layout keeps its layout (its share is fixed by the group): only the freeing helps
+            lower = MODES[min(MODES.index(mode) + 1, len(MODES) - 1)] if mode in MODES else mode
             size = entry.placement.total_bytes if entry and entry.placement else None
             if lower == "normalvram" and size is not None and self.budget is not None and size > self.budget:
                 lower = "lowvram"
@@ -291,8 +323,8 @@ class MemoryManager:
     def unload(self, handle: Any) -> None:
         with self._lock:
             entry = self._entries.get(handle)
-            if entry is not None and entry.placement is not None:
-                entry.placement.offload_all()
+            if entry is not None:
+                self._offload(entry)           # a group layout also gives back its shards and workspace
             self._entries.pop(handle, None)
 
     def unload_all(self) -> None:
@@ -320,7 +352,9 @@ class MemoryManager:
                     "mode": entry.mode, "size": p.total_bytes if p else None, "on_device": entry.accounted,
                     "peak": entry.peak, "placed": entry.placed, "in_use": entry.in_use,
                     "resident_blocks": len(p.resident_blocks) if p else 0, "streamed_blocks": len(p.streamed) if p else 0,
-                    "streamed_bytes": p.streamed_bytes() if p else 0, **entry.precision.to_dict()})
+                    "streamed_bytes": p.streamed_bytes() if p else 0,
+                    "stream_source": str(p.source) if p else None, **entry.precision.to_dict(),
+                    **({"layout": entry.layout.stats()} if entry.layout is not None else {})})
             return {"device": str(self.device), "budget": self.budget, "current": self._current, "peak": self._peak,
                     "default_mode": self.default_mode, "smart_memory": self.smart_memory, "loaded": len(self._entries),
                     "components": components}

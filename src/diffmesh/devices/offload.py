@@ -94,6 +94,13 @@ def _always_resident(module: nn.Module) -> bool:
     return isinstance(module, nn.Embedding) or bool(getattr(module, "_stream_resident", False))
 
 
+def choose_source(bandwidth: dict[str, float], room: dict[str, float], need: int) -> str:
+    """The store to stream from: the fastest measured source (bytes/s; "cpu" for host memory, else a
+    donor device) whose spare memory (`room`, bytes; host memory unlimited) holds the `need` bytes."""
+    fitting = [s for s in bandwidth if s == "cpu" or room.get(s, 0) >= need]
+    return max(fitting, key=lambda s: bandwidth[s]) if fitting else "cpu"
+
+
 def find_blocks(root: nn.Module, limit: int) -> list[tuple[str, nn.Module]]:
     """Modules that partition `root`'s parameters, each at most `limit` bytes where possible."""
     out: list[tuple[str, nn.Module]] = []
@@ -143,6 +150,7 @@ class Placement:
         self._last: str | None = None
         self._side_stream = None
         self.prefetch = False
+        self.source = torch.device("cpu")     # where the store lives: CPU memory, or a donor device (use_source)
 
     def _collect(self) -> None:
         for mod_name, module in self.root.named_modules(remove_duplicate=False):
@@ -199,8 +207,22 @@ class Placement:
         else:
             self._all_to_host()
 
+    def use_source(self, source: torch.device | str) -> None:
+        """Keep the store on `source` (a donor device with spare memory, or "cpu"): streamed blocks are
+        then copied donor -> device (NVLink/PCIe peer copy) instead of host -> device. Moves what is
+        stored already; the donor's memory is the caller's to account (`choose_source`)."""
+        source = torch.device(source)
+        if source == self.source:
+            return
+        for name, tensor in list(self.host.items()):
+            self.host[name] = tensor.to(source) if source.type != "cpu" else \
+                torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=self.device.type == "cuda").copy_(tensor)
+        self.source = source
+
     def _to_host(self, name: str) -> None:
         current = self._current(name)
+        if name not in self.host and self.source.type != "cpu":   # a donor store: one copy there
+            self.host[name] = current.detach().to(self.source, copy=True)
         if name not in self.host:  # the first offload keeps the weight; later ones just drop the device copy
             if current.device.type == "cpu":
                 host = current.detach()

@@ -108,7 +108,10 @@ class EngineScope:
                             patch_rows=rows, patch_align=align)
         main = self.worker_for(plain_handle(model))
         workers = request.workers_for(self.workers, main) if request is not None else self.workers
-        return plan_sample(workload, workers, mode, main_worker=main)
+        plan = plan_sample(workload, workers, mode, main_worker=main)
+        from diffmesh.engine.explain import memory_plan      # models larger than a device; --explain
+
+        return memory_plan(self, model, job, mode, plan, self.root.explain)
 
     # -- calls with one retry ------------------------------------------------------------------
     def _retry_worker(self, failed: int) -> int:
@@ -165,6 +168,10 @@ class EngineScope:
             return self._sample_cfg(handle, job, plan, progress)
         if plan.strategy in ("sequence", "cfg_sequence", "patch"):
             return self._sample_sequence(handle, job, plan, progress)
+        if plan.strategy in ("shard", "layersplit"):
+            from diffmesh.parallel.grouped import sample_pooled
+
+            return sample_pooled(self, handle, job, plan, progress)
         return self._call_once_retried(plan.workers[0], "sample", handle, job, progress=progress)
 
     def _run_parts(self, method: str, parts: list[tuple[int, tuple]], progress: Progress | None = None,
@@ -311,7 +318,8 @@ class Engine(EngineScope):
 
     def __init__(self, executor: Executor, *, parallel: str = "auto", default_device: str | None = None,
                  split_components: bool = True, speeds: dict[int, float] | None = None,
-                 cfg_timeout_s: float = 600.0, sequence_attention: str = "auto"):
+                 cfg_timeout_s: float = 600.0, sequence_attention: str = "auto",
+                 explain: Callable[[str], None] | None = None):
         if parallel not in MODES:
             raise ConfigError(f"unknown parallel mode {parallel!r}", where="--parallel",
                               fix=f"choose one of {', '.join(MODES)}")
@@ -321,13 +329,18 @@ class Engine(EngineScope):
         self.split_components = split_components
         specs = list(executor.specs)
         labels = worker_labels([s.device for s in specs])
-        self.infos = {s.worker_id: WorkerInfo(s.worker_id, s.device, label, (speeds or {}).get(s.worker_id, 1.0))
+        self.infos = {s.worker_id: WorkerInfo(s.worker_id, s.device, label, (speeds or {}).get(s.worker_id, 1.0),
+                                              (getattr(s, "settings", None) or {}).get("vram_budget"))
                       for s, label in zip(specs, labels)}
+        self.explain = explain               # --explain: gets the cost model's table for every sampling job
         self.pool = WorkerPool(self.infos)
         self.cfg_groups = cfg_parallel.CfgGroups(
             executor.call, lambda w: getattr(executor, "restarts", {}).get(w, 0), timeout_s=cfg_timeout_s,
             device_of=lambda w: self.infos[w].device)
         self.sequence_groups = sequence_parallel.SequenceGroups(
+            executor.call, lambda w: getattr(executor, "restarts", {}).get(w, 0), timeout_s=cfg_timeout_s,
+            device_of=lambda w: self.infos[w].device)
+        self.weight_groups = sequence_parallel.SequenceGroups(      # sharded weights / layer split exchanges
             executor.call, lambda w: getattr(executor, "restarts", {}).get(w, 0), timeout_s=cfg_timeout_s,
             device_of=lambda w: self.infos[w].device)
         if sequence_attention not in sequence_parallel.MODES:

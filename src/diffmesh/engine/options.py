@@ -16,7 +16,9 @@ from diffmesh.executors import BACKENDS
 PARALLEL_HELP = ("how several devices share work: auto (planner decides per job and per queue), none (one device "
                  "per job; placement only), batch (split batches), cfg (cond/uncond on two devices), queue "
                  "(one prompt per device), sequence (a transformer's image tokens split over the devices), patch (an SD "
-                 "UNet's and the VAE's latent rows split in bands over the devices, exact)")
+                 "UNet's and the VAE's latent rows split in bands over the devices, exact), shard (1/N of every "
+                 "block's weights on each device, gathered per block), layersplit (blocks divided among the "
+                 "devices); auto also picks shard or layersplit when a model does not fit one device's --vram-budget)")
 SEQUENCE_ATTENTION_HELP = ("attention exchange of sequence parallel: auto (Ulysses all-to-all when the model has at "
                            "least as many heads as devices, else ring), ulysses, ring")
 
@@ -28,6 +30,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--parallel", choices=MODES, default="auto", help=PARALLEL_HELP)
     group.add_argument("--sequence-attention", choices=("auto", "ulysses", "ring"), default="auto",
                        help=SEQUENCE_ATTENTION_HELP)
+    group.add_argument("--explain", action="store_true",
+                       help="print the planner's choice and the cost model's predicted step time and memory of "
+                            "every strategy (a table on stderr) for each sampling job")
 
 
 def executor_name(ns: argparse.Namespace, specs: list) -> str:
@@ -43,6 +48,8 @@ def build_engine(ns: argparse.Namespace, specs: list, **engine_options: Any):
     backend.start()
     try:
         engine_options.setdefault("sequence_attention", getattr(ns, "sequence_attention", None) or "auto")
+        if getattr(ns, "explain", False):
+            engine_options.setdefault("explain", _explain_to_stderr)
         engine = Engine(backend, parallel=getattr(ns, "parallel", None) or "auto", **engine_options)
         if needs_calibration(specs):
             engine.calibrate()
@@ -50,6 +57,12 @@ def build_engine(ns: argparse.Namespace, specs: list, **engine_options: Any):
         backend.shutdown()
         raise
     return backend, engine
+
+
+def _explain_to_stderr(text: str) -> None:
+    import sys
+
+    print(text, file=sys.stderr, flush=True)
 
 
 def needs_calibration(specs: list) -> bool:

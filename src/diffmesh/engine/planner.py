@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from diffmesh.engine.placement import WorkerInfo
 from diffmesh.parallel.batch import split_batch
 
-MODES = ("auto", "none", "batch", "cfg", "queue", "sequence", "patch")
+MODES = ("auto", "none", "batch", "cfg", "queue", "sequence", "patch", "shard", "layersplit")
+MEMORY_MODES = ("shard", "layersplit")   # models larger than one device: weights pooled over the workers
 CFG_EXCHANGE_OVERHEAD = 0.05          # fraction of a step lost to the exchange and lockstep waiting
 SEQUENCE_OVERHEAD = 0.10              # per extra worker: fraction of a step lost to the per-block exchanges
 MIN_SEQUENCE_TOKENS = 256             # image tokens per worker below which sequence parallel is not offered
@@ -126,6 +127,14 @@ def _cfg_sequence(workload: Workload, workers: list[WorkerInfo], main: WorkerInf
                       cost=cost)
 
 
+def _pooled(mode: str, workers: list[WorkerInfo], main: WorkerInfo) -> SamplePlan:
+    """Sharded weights or layer split over every worker of the scope (the main one is rank 0)."""
+    group = [main] + [w for w in workers if w.worker_id != main.worker_id]
+    what = ("1/N of every block's weights on each worker, gathered per block" if mode == "shard"
+            else "blocks divided among the workers in proportion to their free memory")
+    return SamplePlan(mode, tuple(w.worker_id for w in group), reason=f"{mode}: {what}, {len(group)} workers")
+
+
 def _patch(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo, asked: bool) -> SamplePlan | None:
     """Bands of latent rows over as many workers as get a whole band (MIN_PATCH_ROWS rows in auto)."""
     units = workload.patch_rows // workload.patch_align if workload.patch_rows % workload.patch_align == 0 else 0
@@ -155,6 +164,8 @@ def plan_sample(workload: Workload, workers: list[WorkerInfo], mode: str = "auto
     usable = [w for w in workers if _fits(w, workload)] or list(workers)
     main = next((w for w in usable if w.worker_id == main_worker), None) or max(usable, key=lambda w: w.speed)
     single = _single(workload, main, "one worker")
+    if mode in MEMORY_MODES and len(workers) >= 2:     # pooled memory: every worker, whether the model fits or not
+        return _pooled(mode, workers, main)
     if len(usable) < 2 or mode in ("none", "queue"):
         return single if len(usable) < 2 else _single(workload, main, f"parallel mode {mode!r}")
     batch, cfg = _batch(workload, usable), _cfg(workload, usable, main)

@@ -51,11 +51,24 @@ class Worker:
         return self._weights
 
     # -- helpers ---------------------------------------------------------------------------
-    def _run(self, handle: ModelHandle, fn: Callable[[Any], Any]) -> Any:
-        """Run `fn` on the materialized component; the memory manager handles loading and OOM retry."""
+    def _run(self, handle: ModelHandle, fn: Callable[[Any], Any], layout: dict | None = None) -> Any:
+        """Run `fn` on the materialized component; the memory manager handles loading and OOM retry.
+        With `layout` this worker holds its part of a model shared by a group (`parallel.grouped`)."""
         from diffmesh.models.load import build_component
 
-        return self.memory.run(handle, lambda device, dtype: build_component(handle, device, dtype, self.weights), fn)
+        def build(device, dtype):
+            return build_component(handle, device, dtype, self.weights)
+        if layout is None:
+            return self.memory.run(handle, build, fn)
+        from diffmesh.parallel.grouped import run_grouped
+
+        return run_grouped(self.memory, handle, build, fn, layout, self._group(layout["group"]))
+
+    def _group(self, name: str) -> tuple[Any, str]:
+        if name not in self._groups:
+            raise ValueError(f"worker {self.spec.worker_id} is not in process group {name!r}; "
+                             "the engine must call init_process_group first")
+        return self._groups[name]
 
     def _check_interrupt(self) -> None:
         if self.interrupt_flag.is_set():
@@ -77,11 +90,13 @@ class Worker:
         return self._run(clip_vision, lambda encoder: encoder.encode_image(image, crop))
 
     def sample(self, model: ModelHandle, job, emit: Emit = _no_emit, group: str | None = None,
-               sequence: dict | None = None, patch: dict | None = None) -> torch.Tensor:
+               sequence: dict | None = None, layout: dict | None = None, patch: dict | None = None) -> torch.Tensor:
         """Run a sampling job. A CFG-parallel half (`job.cfg_part`) exchanges through group `group`;
         with `sequence` ({"group", "rank", "world", "mode"}) the transformer runs on this worker's
-        share of the image tokens (`parallel.sequence`); with `patch` ({"group", "rank", "world"})
-        the UNet runs on this worker's band of latent rows (`parallel.patch`)."""
+        share of the image tokens (`parallel.sequence`); with `layout` ({"kind": "shard" |
+        "layersplit", "group", "rank", "world", "shares"}) this worker holds only its part of the
+        model's weights (`parallel.shard`, `parallel.layersplit`); with `patch` ({"group", "rank",
+        "world"}) the UNet runs on this worker's band of latent rows (`parallel.patch`)."""
         from diffmesh.parallel.patch import PatchModel
         from diffmesh.parallel.sequence import SequenceModel
         from diffmesh.sampling.pipeline import run_sample_job
@@ -109,7 +124,7 @@ class Worker:
                 return run_sample_job(unet if shard is None else wrap(unet, shard), job, on_step,
                                       control_networks=networks)
 
-        return self._run(model, run)
+        return self._run(model, run, layout)
 
     @contextlib.contextmanager
     def _control_networks(self, job):
@@ -227,6 +242,11 @@ class Worker:
 
     def memory_stats(self) -> dict[str, Any]:
         return self.memory.stats()
+
+    def memory_free(self) -> float | None:
+        """Room left under this device's budget in bytes (None: no budget), for layer-split shares."""
+        free = self.memory.free_bytes()
+        return None if free == float("inf") else free
 
     def free(self, unload_models: bool = True) -> None:
         if unload_models:

@@ -1,0 +1,209 @@
+"""Cost model: predicted step time and memory of every strategy for one model, prompt and device set.
+
+Inputs (plain data):
+  - `ModelFacts`: weight bytes (total, per block, largest block, outside the blocks), forward
+    FLOPs at this resolution, the hidden state passed between blocks, attention layers, family kind.
+    `model_facts(path, ...)` reads them from the file header (no tensor is read).
+  - `DeviceFacts`: effective FLOP/s (or a measured step time), the budget, and link speeds to the
+    host and to the peers (bytes/s) with a per-exchange latency. `DEVICES` and `LINKS` are the
+    documented table used for GPU predictions; CPU workers use measured numbers.
+  - the prompt: cfg (two rows per forward when cfg != 1) and batch.
+
+Per strategy (N devices, t = one forward's compute time on one device, S = weight bytes,
+A = activations estimate, bw = link bytes/s; one forward per step, cond+uncond batched):
+  resident      t                                            needs S + A
+  streamed      t + (S - room) / host_bw   (room: what stays)   needs kept + 2 blocks + A
+  donor         t + (S - room) / peer_bw                      the same, blocks kept on a donor device
+  shard         compute + S (N-1)/N / peer_bw, overlapped by `overlap` (prefetch); compute =
+                t/N + sequence exchanges for a transformer, t for a UNet (every member runs it all)
+                                                             needs S/N + kept + 2 blocks + A(/N)
+  layersplit    t + blocks x act x (N-1) / peer_bw          needs its share S/N + kept + A
+  sequence      t/N + blocks x 4 act (N-1)/N^2 / peer_bw     (Ulysses: q,k,v out, o back) needs S + A/N
+  cfg           t/2 + latent / peer_bw                       (cfg != 1, 2 devices) needs S + A/2
+  cfg_sequence  t/N + sequence exchanges over N/2            (cfg != 1, 4+ devices) needs S + A/N
+  patch         t/N + attention layers x 2 act (N-1)/N / peer_bw + halos (S7's exact UNet patch
+                parallel: full keys/values gathered per attention layer)   needs S + A/N
+Every exchange also costs `latency` per collective. Kernel efficiency falling on small shards is
+not modelled, so splits are predicted optimistic where per-device work gets small.
+Activations: `activation_bytes` estimates the peak from the hidden state size times a per-family
+factor (`ACTIVATION_FACTOR`: not measured per run).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+ACTIVATION_FACTOR = {"unet": 24.0, "dit": 12.0}     # peak live activations / one hidden state (estimate)
+BLOCK_KEY = re.compile(r"^(.*?\.\d+)\.")             # "input_blocks.3.", "double_blocks.12."
+
+# Documented device and link table for predictions on GPUs (effective, not peak, throughput).
+DEVICES = {
+    "H100-SXM": {"flops": 450e12, "memory": 80e9},
+    "A100-SXM": {"flops": 170e12, "memory": 80e9},
+    "RTX4090": {"flops": 90e12, "memory": 24e9},
+    "RTX4060Ti-16G": {"flops": 25e12, "memory": 16e9},
+}
+LINKS = {   # bytes/s one way, seconds per collective
+    "nvlink4": {"bw": 350e9, "latency": 15e-6},      # H100 SXM NVLink 4 (450 GB/s nominal)
+    "nvlink3": {"bw": 230e9, "latency": 15e-6},      # A100 SXM NVLink 3 (300 GB/s nominal)
+    "pcie4": {"bw": 22e9, "latency": 30e-6},         # PCIe 4.0 x16 (32 GB/s nominal), also host<->device
+    "pcie5": {"bw": 45e9, "latency": 30e-6},
+    "gloo-loopback": {"bw": 2e9, "latency": 2e-4},   # CPU workers here: replaced by a measurement
+}
+STRATEGIES = ("resident", "streamed", "donor", "shard", "layersplit", "sequence", "cfg", "cfg_sequence", "patch")
+ONE_IMAGE = ("sequence", "cfg", "cfg_sequence", "patch")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    kind: str                      # "unet" | "dit"
+    total_bytes: int
+    block_bytes: tuple[int, ...]
+    flops: float                   # one forward, this resolution, batch rows included
+    hidden_bytes: int              # the state passed between blocks (all rows)
+    attention_layers: int = 0
+
+    @property
+    def max_block(self) -> int:
+        return max(self.block_bytes, default=0)
+
+    @property
+    def kept_bytes(self) -> int:
+        return self.total_bytes - sum(self.block_bytes)
+
+    @property
+    def activation_bytes(self) -> int:
+        return int(self.hidden_bytes * ACTIVATION_FACTOR.get(self.kind, 16.0))
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    flops: float                   # effective FLOP/s
+    budget: float                  # bytes for weights + activations
+    host_bw: float                 # host -> device bytes/s (streaming from CPU memory)
+    peer_bw: float                 # device <-> device bytes/s (groups, donor)
+    latency: float = 30e-6
+    overlap: float = 1.0           # share of gathers hidden behind compute by prefetch (1 on CUDA)
+    step_s: float | None = None    # measured forward time (overrides flops)
+
+
+@dataclass
+class Prediction:
+    strategy: str
+    devices: int
+    step_s: float | None           # None: not applicable
+    memory: float                  # bytes each device needs
+    fits: bool
+    note: str = ""
+    measured_s: float | None = field(default=None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_facts_from_shapes(shapes: dict[str, tuple], bytes_per: int, kind: str, tokens: int, width: int,
+                            rows: int, attention_layers: int = 0) -> ModelFacts:
+    """Block sizes from tensor names (a block = a name up to its first index), FLOPs ~ 2 x params x tokens."""
+    blocks: dict[str, int] = {}
+    total = 0
+    for key, shape in shapes.items():
+        nbytes = math.prod(shape) * bytes_per
+        total += nbytes
+        match = BLOCK_KEY.match(key)
+        if match:
+            blocks[match.group(1)] = blocks.get(match.group(1), 0) + nbytes
+    params = total / bytes_per
+    flops = 2.0 * params * tokens * rows
+    if kind == "dit":
+        flops += 4.0 * tokens * tokens * width * len(blocks) * rows
+    return ModelFacts(kind, total, tuple(blocks.values()), flops, tokens * width * bytes_per * rows,
+                      attention_layers)
+
+
+def model_facts(path: str, component_prefix: str | None, kind: str, tokens: int, width: int, rows: int,
+                bytes_per: int = 4) -> ModelFacts:
+    """ModelFacts of the model part of a file, from its header only."""
+    from diffmesh.models import detect
+
+    shapes = detect.read_shapes(path)
+    if component_prefix is None:
+        found = detect.dit_family(shapes) if kind == "dit" else None
+        component_prefix = found[1] if found else (detect.unet_prefix(shapes.keys()) or "")
+    part = {k[len(component_prefix):]: v for k, v in shapes.items() if k.startswith(component_prefix)}
+    layers = sum(1 for k in part if k.endswith("attn1.to_q.weight"))
+    return model_facts_from_shapes(part, bytes_per, kind, tokens, width, rows, layers)
+
+
+def _compute(model: ModelFacts, device: DeviceFacts) -> float:
+    return device.step_s if device.step_s is not None else model.flops / device.flops
+
+
+def _xfer(nbytes: float, bw: float, count: int, latency: float) -> float:
+    return nbytes / bw + count * latency
+
+
+def _sequence_comm(model: ModelFacts, device: DeviceFacts, n: int) -> float:
+    blocks = len(model.block_bytes)
+    per_block = 4.0 * model.hidden_bytes * (n - 1) / (n * n)
+    return _xfer(blocks * per_block + model.hidden_bytes * (n - 1) / n, device.peer_bw, 2 * blocks + 1,
+                 device.latency)
+
+
+def predict(model: ModelFacts, device: DeviceFacts, n: int, cfg: float = 1.0) -> list[Prediction]:
+    """Every strategy for `n` devices alike (one device for resident/streamed)."""
+    t = _compute(model, device)
+    s, a, kept, block = model.total_bytes, model.activation_bytes, model.kept_bytes, model.max_block
+    blocks = len(model.block_bytes)
+    out: list[Prediction] = []
+
+    def add(strategy: str, devices: int, step: float | None, memory: float, note: str = "") -> None:
+        out.append(Prediction(strategy, devices, step, memory, step is not None and memory <= device.budget, note))
+
+    add("resident", 1, t, s + a)
+    room = max(0.0, device.budget - a - 2 * block - kept)
+    moved = max(0.0, s - kept - room)
+    add("streamed", 1, t + _xfer(moved, device.host_bw, blocks, device.latency), kept + 2 * block + a,
+        f"{moved / 1e9:.2f} GB streamed per step")
+    add("donor", 1, t + _xfer(moved, device.peer_bw, blocks, device.latency), kept + 2 * block + a,
+        "blocks from a donor device's memory")
+    if n < 2:
+        return out
+    dit = model.kind == "dit"
+    compute = t / n + _sequence_comm(model, device, n) if dit else t
+    gather = _xfer(s * (n - 1) / n, device.peer_bw, blocks, device.latency)
+    shard = max(compute, gather) + (1.0 - device.overlap) * min(compute, gather)
+    add("shard", n, shard, s / n + kept + 2 * block + (a / n if dit else a),
+        "tokens split too" if dit else "each member runs the whole UNet")
+    hops = _xfer(blocks * model.hidden_bytes * (n - 1), device.peer_bw, blocks, device.latency)
+    add("layersplit", n, t + hops, s / n + kept + a, "serial: one device computes at a time")
+    if dit:
+        add("sequence", n, t / n + _sequence_comm(model, device, n), s + a / n)
+    if cfg != 1.0 and n >= 2:
+        add("cfg", 2, t / 2 + _xfer(model.hidden_bytes, device.peer_bw, 1, device.latency), s + a / 2)
+    if cfg != 1.0 and dit and n >= 4:
+        add("cfg_sequence", n, t / n + _sequence_comm(model, replace(device), n // 2), s + a / n)
+    if not dit:
+        comm = _xfer(model.attention_layers * 2 * model.hidden_bytes * (n - 1) / n, device.peer_bw,
+                     model.attention_layers + 2 * blocks, device.latency)
+        add("patch", n, t / n + comm, s + a / n, "exact patch parallel (parallel/patch.py)")
+    return out
+
+
+def choose(predictions: list[Prediction], allowed: tuple[str, ...] = STRATEGIES) -> Prediction | None:
+    """The fastest prediction that fits among `allowed` (ties: the earlier, simpler strategy)."""
+    fitting = [p for p in predictions if p.fits and p.strategy in allowed and p.step_s is not None]
+    return min(fitting, key=lambda p: p.step_s) if fitting else None
+
+
+def table(predictions: list[Prediction], chosen: str | None = None) -> str:
+    """The `--explain` table: one line per strategy."""
+    lines = [f"{'strategy':<13} {'devices':>7} {'step s':>10} {'memory/device':>14} {'fits':>5}  note"]
+    for p in predictions:
+        step = "-" if p.step_s is None else f"{p.step_s:.4g}"
+        mark = " <" if p.strategy == chosen else ""
+        lines.append(f"{p.strategy:<13} {p.devices:>7} {step:>10} {p.memory / 2**20:>11.1f} MB "
+                     f"{'yes' if p.fits else 'no':>5}  {p.note}{mark}")
+    return "\n".join(lines)

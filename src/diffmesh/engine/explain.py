@@ -1,0 +1,106 @@
+"""The memory side of planning: does the model fit, and if not, how to run it; `--explain`.
+
+`memory_plan(scope, model, job, mode, plan)` runs after `planner.plan_sample`. It builds the cost
+model's inputs for this job (`engine.costmodel`): the model's facts from its file header, each
+worker's budget (`--vram-budget`, the workers' `settings`) and the documented device/link figures
+(`DEFAULT_FACTS`: a CPU worker's FLOP/s per thread and gloo's loopback speed, a CUDA device's).
+In `auto` mode, when the model plus its activations does not fit the main worker's budget and
+there are two or more workers, the fastest predicted of streamed (one worker), sharded and layer
+split that fits is chosen; a model that fits keeps the planner's choice. `--parallel X` and a
+`MultiGPU_WorkUnits` node override it, and so does a loader's `device` input (it picks the main
+worker the plan starts from). With `explain` set, the predictions table and the choice are
+written for every sampling job (`print` to stderr by the CLI's `--explain`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from diffmesh.engine import costmodel
+from diffmesh.engine.planner import SamplePlan, _pooled
+
+CPU_FLOPS_PER_THREAD = 2e10      # fp32 FLOP/s of one CPU thread on a UNet/DiT forward (order of magnitude)
+DEFAULT_FACTS = {
+    "cpu": {"host_bw": 5e9, "peer_bw": costmodel.LINKS["gloo-loopback"]["bw"],
+            "latency": costmodel.LINKS["gloo-loopback"]["latency"], "overlap": 0.0, "bytes_per": 4},
+    "cuda": {"flops": costmodel.DEVICES["RTX4090"]["flops"], "host_bw": costmodel.LINKS["pcie4"]["bw"],
+             "peer_bw": costmodel.LINKS["pcie4"]["bw"], "latency": costmodel.LINKS["pcie4"]["latency"],
+             "overlap": 1.0, "bytes_per": 2},
+}
+
+
+def _kind(family: str | None) -> str:
+    from diffmesh.models.dit import available_family
+
+    try:
+        return "dit" if family and available_family(family) is not None else "unet"
+    except Exception:  # noqa: BLE001 - an unknown family name: treat as a UNet
+        return "unet"
+
+
+def job_facts(model: Any, job: Any, bytes_per: int) -> costmodel.ModelFacts:
+    """Cost-model facts of `model` for this job, from the file header (no tensor is read)."""
+    from diffmesh.models import detect
+
+    kind = _kind(getattr(model, "family", None))
+    shapes = detect.read_shapes(model.path)
+    if kind == "dit":
+        found = detect.dit_family(shapes)
+        prefix = found[1] if found else ""
+    else:
+        prefix = detect.unet_prefix(shapes.keys()) or ""
+    part = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+    latent = tuple(job.latent.shape)
+    rows = latent[0] * (2 if float(job.cfg) != 1.0 else 1)
+    frames = latent[2] if len(latent) == 5 else 1
+    if kind == "dit":
+        tokens = frames * -(-latent[-2] // 2) * -(-latent[-1] // 2)
+        widths = [s[-1] for k, s in part.items() if len(s) == 2 and ".0." in k]
+        width = max(set(widths), key=widths.count) if widths else 1
+    else:
+        tokens = latent[-2] * latent[-1]
+        width = part.get("input_blocks.0.0.weight", (320,))[0]
+    layers = sum(1 for k in part if k.endswith("attn1.to_q.weight"))
+    return costmodel.model_facts_from_shapes(part, bytes_per, kind, tokens, width, rows, layers)
+
+
+def device_facts(device: str, threads: int, budget: float | None) -> costmodel.DeviceFacts:
+    base = DEFAULT_FACTS["cuda" if device.startswith("cuda") else "cpu"]
+    flops = base.get("flops") or CPU_FLOPS_PER_THREAD * max(1, threads or 1)
+    return costmodel.DeviceFacts(flops=flops, budget=float("inf") if budget is None else float(budget),
+                                 host_bw=base["host_bw"], peer_bw=base["peer_bw"], latency=base["latency"],
+                                 overlap=base["overlap"])
+
+
+def memory_plan(scope: Any, model: Any, job: Any, mode: str, plan: SamplePlan,
+                explain: Callable[[str], None] | None = None) -> SamplePlan:
+    workers = scope.workers
+    budgets = [w.memory_free for w in workers]
+    if explain is None and (mode != "auto" or all(b is None for b in budgets)):
+        return plan                              # nothing to decide: no budget known, or the mode is set
+    main = next(w for w in workers if w.worker_id == plan.workers[0])
+    spec = next((s for s in scope.root.executor.specs if s.worker_id == main.worker_id), None)
+    base = DEFAULT_FACTS["cuda" if main.device.startswith("cuda") else "cpu"]
+    try:
+        facts = job_facts(model, job, base["bytes_per"])
+    except Exception as exc:  # noqa: BLE001 - a file without a readable header: keep the plan
+        if explain is not None:
+            explain(f"cost model: no prediction for {model.path}: {exc}")
+        return plan
+    known = [b for b in budgets if b is not None]
+    device = device_facts(main.device, getattr(spec, "threads", 1) or 1, min(known) if known else None)
+    predictions = costmodel.predict(facts, device, len(workers), float(job.cfg))
+    chosen = plan
+    resident = next(p for p in predictions if p.strategy == "resident")
+    if mode == "auto" and not resident.fits and len(workers) >= 2:
+        best = costmodel.choose(predictions, ("streamed", "shard", "layersplit"))
+        if best is not None and best.strategy in ("shard", "layersplit"):
+            chosen = _pooled(best.strategy, workers, main)
+    if explain is not None:
+        name = {"single": "resident"}.get(chosen.strategy, chosen.strategy)
+        if chosen.strategy == "single" and not resident.fits:
+            name = "streamed"
+        explain(f"plan for {model.path} ({facts.kind}, {facts.total_bytes / 2**20:.1f} MB weights, "
+                f"latent {tuple(job.latent.shape)}, cfg {job.cfg}, {len(workers)} workers, --parallel {mode}): "
+                f"{chosen.strategy} - {chosen.reason}\n" + costmodel.table(predictions, name))
+    return chosen
