@@ -1,22 +1,22 @@
 """Layer split: a model's blocks divided among the workers of a group, activations passed on.
 
-Layout: the blocks (as streaming finds them, `devices.offload.find_blocks`, but at most 1/8 of
-the model each: fewer, larger blocks mean fewer broadcasts) are cut into contiguous ranges in module order, one range per worker, in proportion
-to the room each worker reports (`shares`: its free budget); `assign_blocks` keeps every range
-non-empty while there are blocks enough. A worker holds its own range of blocks and everything
-outside the blocks (embeddings, buffers, small layers: needed by every worker, because each
-member runs the model's forward code); the parameters of the other workers' blocks are meta
-tensors (no memory).
+Layout: the blocks (as streaming finds them, `devices.offload.find_blocks`, but at most 1/8 of the
+model each: fewer, larger blocks mean fewer broadcasts) are cut into contiguous ranges in module
+order, one range per worker, in proportion to the room each worker reports (`shares`: its free
+budget; `assign_blocks`: a block goes to the range its middle byte falls in). A worker holds
+its own range of blocks and everything outside the blocks (embeddings, buffers, small layers: needed
+by every worker, because each member runs the model's forward code); the slots of the other workers'
+blocks hold one-element placeholders (meta tensors while such a block runs): no memory.
 
-Run (exact, single stream): every member runs the same forward. A block this worker owns
-computes and its output is broadcast from it to the other members; on the others the block's
-inputs are turned into meta tensors by a forward pre-hook (so the block's own code runs without
-data and yields the output's shapes and dtypes), and the forward hook replaces that meta output
-with the tensors received from the owner. All members end with the same activations, so skip
-connections (a UNet's) and non-block code need nothing special, and the result is one device's
-numbers exactly (each block runs once, on one worker, on the same inputs). Compute is serial:
-while one worker runs its range the others wait; pooled memory, not speed, is the point. The
-micro-batch pipeline (several prompts in flight keeping every worker busy) is not built.
+Run (exact, single stream): every member runs the same forward. A block this worker owns computes
+and its output is broadcast from it to the other members; on the others the block's inputs are
+turned into meta tensors by a forward pre-hook (so the block's own code runs without data and yields
+the output's shapes and dtypes), and the forward hook replaces that meta output with the tensors
+received from the owner. All members end with the same activations, so skip connections (a UNet's)
+and non-block code need nothing special, and the result is one device's numbers exactly (each block
+runs once, on one worker, on the same inputs). Compute is serial: while one worker runs its range
+the others wait; pooled memory, not speed, is the point. The micro-batch pipeline (several prompts
+in flight keeping every worker busy) is not built.
 """
 
 from __future__ import annotations
