@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -108,14 +109,18 @@ def main() -> int:
     try:
         one, two = Engine(executor, parallel="none"), Engine(executor, parallel="patch")
         unet, vae = (ModelHandle(str(CHECKPOINT), c, "sd1") for c in ("unet", "vae"))
+        started = time.perf_counter()
         two.sample(unet, _job(256, 1, 1.0))                 # load the UNet on both workers first
         two.vae_decode(vae, torch_zeros((1, 4, 32, 32)))     # and the VAE
+        print(f"warm-up (loading on both workers) {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
         for size in a.sizes:
             job = _job(size, a.steps, a.cfg)
             runs = {"1 worker": [], "2 workers": []}
             for _ in range(a.repeats):
                 for name, engine in (("1 worker", one), ("2 workers", two)):
                     runs[name].append(_one_image(engine, unet, vae, job))
+                    shown = {k: v for k, v in runs[name][-1].items() if k not in ("latent", "image")}
+                    print(f"[{size}] {name}: {json.dumps(shown)}", file=sys.stderr, flush=True)
             first, second = runs["1 worker"][0], runs["2 workers"][0]
             differences = {"latent": _relative(second["latent"], first["latent"]),
                            "image": _relative(second["image"], first["image"])}

@@ -189,7 +189,7 @@ class HaloConv2d(nn.Module):
             raise ValueError(f"patch parallel supports zero-padded convolutions with numeric padding, "
                              f"not padding={conv.padding!r} padding_mode={conv.padding_mode!r}")
         self.conv, self.shard, self.extra = conv, shard, pad_bottom_extra
-        k, s, p = conv.kernel_size[0] * 1, conv.stride[0], conv.padding[0]
+        k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         k = conv.dilation[0] * (k - 1) + 1                   # the rows one output row reads
         self.top, self.bottom, self.stride = p, k - s - p, s  # band [r0, r1) -> outputs [r0/s, r1/s)
         if self.bottom < 0:
