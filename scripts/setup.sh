@@ -15,7 +15,7 @@ if ! $PY -c "import torch" 2>/dev/null; then
   $PY -m pip install -q "torch==2.13.0"
 fi
 if [ "${1:-}" = "--test" ]; then
-  $PY -m pip install -q -e ".[dev]"
+  $PY -m pip install -q -e ".[dev,ray]"
   if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -q

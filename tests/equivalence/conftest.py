@@ -36,7 +36,7 @@ def two_workers():
 
 
 @pytest.fixture(scope="session", params=["inproc", "multiproc", "ray"])
-def backend_workers(request, two_workers):
+def backend_workers(request, two_workers, tmp_path_factory):
     """Two one-thread CPU workers behind each executor backend: in this process (threads), child
     processes, and Ray actors on a local two-node cluster (127.0.0.2 and 127.0.0.3, token auth)."""
     specs = [WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(2)]
@@ -54,7 +54,11 @@ def backend_workers(request, two_workers):
         from diffmesh.executors.ray_actors import RayExecutor
 
         # the token must be in the environment before this process first uses Ray: Ray caches it
-        with ray_cluster() as (address, env), driver_env(env):
+        # the second node has a models folder of its own, empty: model files must travel to it through Ray
+        node_dir = tmp_path_factory.mktemp("ray-node")
+        node_env = {"DIFFMESH_NODE_MODELS": str(node_dir / "models"), "DIFFMESH_NODE_CACHE": str(node_dir / "cache")}
+        (node_dir / "models").mkdir()
+        with ray_cluster(node_env=node_env) as (address, env), driver_env(env):
             executor = RayExecutor(specs, address=address)
             executor.start()
             try:
