@@ -334,15 +334,17 @@ class Engine(EngineScope):
                       for s, label in zip(specs, labels)}
         self.explain = explain               # --explain: gets the cost model's table for every sampling job
         self.pool = WorkerPool(self.infos)
+        # a group's store is hosted by its rank-0 worker's node when the executor spans machines (Ray)
+        rendezvous = getattr(executor, "rendezvous", None)
         self.cfg_groups = cfg_parallel.CfgGroups(
             executor.call, lambda w: getattr(executor, "restarts", {}).get(w, 0), timeout_s=cfg_timeout_s,
-            device_of=lambda w: self.infos[w].device)
+            device_of=lambda w: self.infos[w].device, rendezvous=rendezvous)
         self.sequence_groups = sequence_parallel.SequenceGroups(
             executor.call, lambda w: getattr(executor, "restarts", {}).get(w, 0), timeout_s=cfg_timeout_s,
-            device_of=lambda w: self.infos[w].device)
+            device_of=lambda w: self.infos[w].device, rendezvous=rendezvous)
         self.weight_groups = sequence_parallel.SequenceGroups(      # sharded weights / layer split exchanges
             executor.call, lambda w: getattr(executor, "restarts", {}).get(w, 0), timeout_s=cfg_timeout_s,
-            device_of=lambda w: self.infos[w].device)
+            device_of=lambda w: self.infos[w].device, rendezvous=rendezvous)
         if sequence_attention not in sequence_parallel.MODES:
             raise ConfigError(f"unknown sequence attention {sequence_attention!r}", where="--sequence-attention",
                               fix=f"choose one of {', '.join(sequence_parallel.MODES)}")

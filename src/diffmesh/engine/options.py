@@ -26,7 +26,11 @@ SEQUENCE_ATTENTION_HELP = ("attention exchange of sequence parallel: auto (Ulyss
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("parallelism")
     group.add_argument("--executor", choices=sorted(BACKENDS), default=None,
-                       help="worker backend (default: inproc for one worker, multiproc for several)")
+                       help="worker backend (default: inproc for one worker, multiproc for several; ray: Ray actors, "
+                            "needs the `ray` extra)")
+    group.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="with --executor ray: join this Ray cluster (host:port of `ray start --head`); "
+                            "default: start a local Ray instance")
     group.add_argument("--parallel", choices=MODES, default="auto", help=PARALLEL_HELP)
     group.add_argument("--sequence-attention", choices=("auto", "ulysses", "ring"), default="auto",
                        help=SEQUENCE_ATTENTION_HELP)
@@ -44,7 +48,9 @@ def build_engine(ns: argparse.Namespace, specs: list, **engine_options: Any):
     from diffmesh.engine.engine import Engine
     from diffmesh.executors import make_executor
 
-    backend = make_executor(executor_name(ns, specs), specs)
+    name = executor_name(ns, specs)
+    options = {"address": getattr(ns, "ray_address", None)} if name == "ray" else {}
+    backend = make_executor(name, specs, **options)
     backend.start()
     try:
         engine_options.setdefault("sequence_attention", getattr(ns, "sequence_attention", None) or "auto")
