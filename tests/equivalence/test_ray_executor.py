@@ -23,6 +23,7 @@ def test_workers_are_placed_on_both_nodes_and_listed(ray_workers):
     info = ray_workers.describe()
     assert sorted(n["address"] for n in info["nodes"] if n["alive"]) == ["127.0.0.2", "127.0.0.3"]
     assert sorted(w["node_ip"] for w in info["workers"]) == ["127.0.0.2", "127.0.0.3"]
+    assert Engine(ray_workers).describe()["cluster"]["workers"] == info["workers"]     # /system_stats shows it
 
 
 def test_a_node_without_the_model_file_gets_it_through_the_object_store(ray_workers, sd1):

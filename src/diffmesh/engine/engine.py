@@ -395,6 +395,7 @@ class Engine(EngineScope):
         workers = [{"worker_id": w, "device": self.infos[w].device, "label": self.infos[w].label,
                     "speed": round(self.infos[w].speed, 3), "alive": self.executor.is_alive(w),
                     "busy": self.executor.busy(w), "restarts": restarts.get(w, 0)} for w in ids]
-        return {"parallel": self.parallel, "workers": workers, "free_workers": self.pool.free(),
+        cluster = {"cluster": self.executor.describe()} if hasattr(self.executor, "describe") else {}
+        return {"parallel": self.parallel, "workers": workers, "free_workers": self.pool.free(), **cluster,
                 "placement": {c: self.infos[plan.worker_for(c)].label for c in ("unet", "clip", "vae")},
                 "last_plan": None if self.last_plan is None else self.last_plan.as_dict()}
