@@ -55,6 +55,7 @@ LINKS = {   # bytes/s one way, seconds per collective
 }
 STRATEGIES = ("resident", "streamed", "donor", "shard", "layersplit", "sequence", "cfg", "cfg_sequence", "patch")
 ONE_IMAGE = ("sequence", "cfg", "cfg_sequence", "patch")
+PREFERENCE = ("resident", "sequence", "cfg", "cfg_sequence", "patch", "streamed", "donor", "layersplit", "shard")
 
 
 @dataclass(frozen=True)
@@ -193,9 +194,9 @@ def predict(model: ModelFacts, device: DeviceFacts, n: int, cfg: float = 1.0) ->
 
 
 def choose(predictions: list[Prediction], allowed: tuple[str, ...] = STRATEGIES) -> Prediction | None:
-    """The fastest prediction that fits among `allowed` (ties: the earlier, simpler strategy)."""
+    """The fastest prediction that fits among `allowed` (ties: the simpler strategy, `PREFERENCE`)."""
     fitting = [p for p in predictions if p.fits and p.strategy in allowed and p.step_s is not None]
-    return min(fitting, key=lambda p: p.step_s) if fitting else None
+    return min(fitting, key=lambda p: (round(p.step_s, 9), PREFERENCE.index(p.strategy))) if fitting else None
 
 
 def table(predictions: list[Prediction], chosen: str | None = None) -> str:
@@ -207,3 +208,63 @@ def table(predictions: list[Prediction], chosen: str | None = None) -> str:
         lines.append(f"{p.strategy:<13} {p.devices:>7} {step:>10} {p.memory / 2**20:>11.1f} MB "
                      f"{'yes' if p.fits else 'no':>5}  {p.note}{mark}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ GPU predictions beside published figures
+
+def _dit(params: float, blocks: int, width: int, tokens: int, rows: int = 1, bytes_per: int = 2) -> ModelFacts:
+    flops = rows * (2.0 * params * tokens + 4.0 * tokens * tokens * width * blocks)
+    return ModelFacts("dit", int(params * bytes_per), (int(params * bytes_per * 0.98 / blocks),) * blocks, flops,
+                      tokens * width * bytes_per * rows)
+
+
+def _unet(params: float, pixels: int, flops_per_row: float, rows: int = 2, bytes_per: int = 2) -> ModelFacts:
+    blocks = 25
+    return ModelFacts("unet", int(params * bytes_per), (int(params * bytes_per * 0.95 / blocks),) * blocks,
+                      flops_per_row * rows, pixels * 320 * bytes_per * rows, attention_layers=70)
+
+
+# Public model sizes; FLOPs of the SDXL UNet from ~6.4 TFLOP per 1024^2 row, scaled with pixels (estimate).
+GPU_MODELS = {
+    "flux-dev 1024^2": _dit(11.9e9, 57, 3072, 4096 + 512),
+    "hunyuanvideo 720p 129f": _dit(13e9, 60, 3072, 33 * 45 * 80 + 256),
+    "qwen-image 1328^2": _dit(20.4e9, 60, 3072, 83 * 83 + 256, rows=2),
+    "sdxl 1024^2": _unet(2.6e9, 128 * 128, 6.4e12),
+    "sdxl 2048^2": _unet(2.6e9, 256 * 256, 4 * 6.4e12),
+    "sdxl 3840^2": _unet(2.6e9, 480 * 480, 14.1 * 6.4e12),
+}
+ANCHORS = [   # (model, devices, link, figure) as reported by each project
+    ("flux-dev 1024^2", 4, "H100-SXM/nvlink4", "xDiT USP 2.63x"),
+    ("hunyuanvideo 720p 129f", 8, "H100-SXM/nvlink4", "xDiT USP 5.6x"),
+    ("flux-dev 1024^2", 2, "RTX4090/pcie4", "raylight USP 1.75x (2 GPUs)"),
+    ("sdxl 1024^2", 8, "A100-SXM/nvlink3", "DistriFusion 2.8x (stale activations)"),
+    ("sdxl 2048^2", 8, "A100-SXM/nvlink3", "DistriFusion 4.9x"),
+    ("sdxl 3840^2", 8, "A100-SXM/nvlink3", "DistriFusion 6.1x"),
+    ("qwen-image 1328^2", 2, "RTX4060Ti-16G/pcie4", "raylight FSDP: OOM on one 16 GB card -> 5.68 s/it on two"),
+]
+SETUPS = {"H100-SXM/nvlink4": ("H100-SXM", "nvlink4"), "H100-SXM/pcie5": ("H100-SXM", "pcie5"),
+          "A100-SXM/nvlink3": ("A100-SXM", "nvlink3"), "A100-PCIe/pcie4": ("A100-SXM", "pcie4"),
+          "RTX4090/pcie4": ("RTX4090", "pcie4"), "RTX4060Ti-16G/pcie4": ("RTX4060Ti-16G", "pcie4")}
+
+
+def gpu_predictions(counts: tuple[int, ...] = (2, 4, 8)) -> list[dict[str, Any]]:
+    """Predicted step time and speed-up of the best strategy per (model, setup, device count)."""
+    rows = []
+    for model_name, model in GPU_MODELS.items():
+        for setup, (dev_name, link_name) in SETUPS.items():
+            dev, link = DEVICES[dev_name], LINKS[link_name]
+            facts = DeviceFacts(flops=dev["flops"], budget=dev["memory"] * 0.9, host_bw=LINKS["pcie4"]["bw"],
+                                peer_bw=link["bw"], latency=link["latency"], overlap=1.0)
+            one = choose(predict(model, facts, 1), ("resident", "streamed"))
+            for n in counts:
+                preds = predict(model, facts, n, cfg=1.0 if model.kind == "dit" else 7.0)
+                best = choose(preds, ("resident", "streamed", "shard", "layersplit") + ONE_IMAGE)
+                anchor = [a[3] for a in ANCHORS if a[0] == model_name and a[1] == n and a[2] == setup]
+                rows.append({"model": model_name, "setup": setup, "devices": n,
+                             "one_device_s": None if one is None else round(one.step_s, 4),
+                             "one_device_strategy": None if one is None else one.strategy,
+                             "best": None if best is None else best.strategy,
+                             "step_s": None if best is None else round(best.step_s, 4),
+                             "speedup": None if best is None or one is None else round(one.step_s / best.step_s, 2),
+                             "anchor": anchor[0] if anchor else ""})
+    return rows
