@@ -16,6 +16,8 @@ unit speed" and the cheapest wins; ties go to the simpler strategy:
   patch:    (SD UNets only) every row on every worker, each with a band of 1/P of the latent rows,
             plus an exchange overhead per extra worker (halo rows, norm statistics, keys and values
             in every block); in auto only when every band gets MIN_PATCH_ROWS latent rows or more.
+Memory (`--parallel shard|layersplit`, or `auto` through `engine.explain.memory_plan` when the model
+does not fit a worker's budget): every worker of the scope, the main one as rank 0 (`_pooled`).
 """
 
 from __future__ import annotations
