@@ -227,14 +227,18 @@ class RayExecutor(Executor):
                         on_event(payload)
                 elif kind == "result":
                     future.set_result(payload)
+                    return
                 else:
                     future.set_exception(error_from_data(payload))
+                    return
             if not future.done():
                 future.set_exception(WorkerDied("the call ended without a result", where=label, fix="see the log"))
         except WorkerDied as exc:
             self._note_death(worker_id)
             future.set_exception(exc)
         except Exception as exc:  # noqa: BLE001 - Ray's own errors reach the engine as one clear error
+            if future.done() or self._closing:
+                return
             if _actor_died(exc):
                 self._note_death(worker_id)
                 future.set_exception(WorkerDied(f"the Ray actor died: {type(exc).__name__}", where=label,
