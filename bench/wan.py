@@ -7,7 +7,7 @@ and VAE decode time and peak RSS per frame of the full-size random Wan 2.1 VAE. 
 VAE runs: one 480x832 frame (the first latent frame), then clips of growing length at a smaller size
 (`--vae-series-size`, default 120x208) to show that the causal chunked decode's peak does not grow
 with the number of frames (each latent frame is decoded with the feature caches and its 4 frames go
-to the CPU output at once), and the same at 480x832 through VAEDecodeTiled's path (`--vae-tiled`).
+to the CPU output at once); optionally a 480x832 clip through VAEDecodeTiled's path (`--vae-tiled`).
 `loaded_rss_gib` is the RSS after the VAE is built: peak minus loaded is the decode's working memory.
 
     python bench/wan.py                                  # 2 threads, 1 step
@@ -104,8 +104,8 @@ def main() -> int:
     ap.add_argument("--vae-series", type=int, nargs="+", default=[1, 2, 3, 5],
                     help="latent frame counts of the length series (1 + 4*(n-1) frames each)")
     ap.add_argument("--vae-series-size", type=int, nargs=2, default=[120, 208], metavar=("H", "W"))
-    ap.add_argument("--vae-tiled", type=int, nargs=2, default=[2, 256], metavar=("LATENT_FRAMES", "TILE"),
-                    help="a 480x832 clip through decode_tiled (tile in pixels, overlap tile/4); 0 0 skips it")
+    ap.add_argument("--vae-tiled", type=int, nargs=2, default=[0, 0], metavar=("LATENT_FRAMES", "TILE"),
+                    help="also a 480x832 clip through decode_tiled (tile in pixels, overlap tile/4); off by default")
     ap.add_argument("--skip-transformer", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "wan.json"))
