@@ -133,15 +133,9 @@ class SequenceShard:
 
     def agree_stop(self, stop: bool) -> bool:
         """True on every worker when any asked to stop (one small all-reduce per step)."""
-        import torch.distributed as dist
+        from diffmesh.parallel.collectives import agree_stop
 
-        flag = torch.tensor([1.0 if stop else 0.0])
-        if self.on_device:
-            flag = flag.to(torch.device("cuda", torch.cuda.current_device()))
-        opts = dist.AllreduceOptions()
-        opts.reduceOp = dist.ReduceOp.MAX
-        self.group.allreduce([flag], opts).wait()
-        return bool(flag.item())
+        return agree_stop(self.group, stop, self.on_device)
 
     # -------------------------------------------------------------- Ulysses
     def _alltoall(self, send: list[torch.Tensor], recv_numel: list[int], like: torch.Tensor) -> list[torch.Tensor]:
