@@ -42,6 +42,9 @@ class ModelHandle:
     parallel:    parallel-strategy request of a MODEL (`MultiGPU_WorkUnits`: "cfg", "batch", ...), None =
                  follow `--parallel`; the engine strips it before a handle reaches a worker
                  (`diffmesh.parallel.request.plain_handle`), so it never makes a second copy load
+    denoise_mask_fn: ComfyUI's model option `denoise_mask_function` as data (unet only):
+                 ("differential", strength) from DifferentialDiffusion; None = the mask as given.
+                 The sampler nodes move it into the SampleJob (`sampling.mask_functions.split_mask_fn`)
     """
 
     path: str
@@ -55,6 +58,7 @@ class ModelHandle:
     sampling: tuple | None = None
     extra_paths: tuple[str, ...] = ()
     parallel: str | None = None
+    denoise_mask_fn: tuple | None = None
 
     def __post_init__(self) -> None:
         if self.component not in COMPONENTS:

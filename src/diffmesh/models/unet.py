@@ -39,10 +39,19 @@ class UNetModel(DeviceAndDtype, nn.Module):
 
     runs_gligen = True                      # sampling.conds: GLIGEN boxes are run, not refused
 
+    @property
+    def concat_channels(self) -> int:
+        """Input channels beyond the latent's (5 for an SD1.5 inpainting UNet: mask + masked-image latent)."""
+        return max(0, int(self.unet.config.in_channels) - int(getattr(self.latent_format, "channels", 4)))
+
     def extra_conds(self, options: dict[str, Any], x_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
         """The family's inputs, and GLIGEN's box tensors (`models.gligen.box_tensors`) when the
         conditioning carries GLIGENTextBoxApply boxes (only that conditioning runs the fusers, as ComfyUI)."""
         extras = self._family_conds(options, x_shape)
+        if self.concat_channels:        # inpainting UNet: ComfyUI's concat_cond, fed on every call
+            from diffmesh.models.inpaint import concat_cond
+
+            extras["c_concat"] = concat_cond(options, x_shape, self.latent_format)
         if options.get("gligen") is not None:
             from diffmesh.models.gligen import box_tensors, load_patch
 
@@ -84,6 +93,8 @@ class UNetModel(DeviceAndDtype, nn.Module):
         `control` is ComfyUI's ControlNet / T2I-adapter dict (`sampling.control`), turned into diffusers'
         residual arguments by `models.control_residuals`."""
         dev, dt = self.device, self.dtype
+        if "c_concat" in extra:             # inpainting UNet: [latent, mask, masked image] along channels
+            x = torch.cat([x, extra["c_concat"].to(x.device, x.dtype)], dim=1)
         residuals = unet_control_kwargs(control, self.unet.config, x, dev, dt)
         added = None
         if self.family.sdxl_conditioning:

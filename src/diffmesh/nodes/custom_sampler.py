@@ -94,13 +94,16 @@ def _sample(ctx: NodeContext, guider: Guider, noise: Noise, sampler: Sampler, si
     from diffmesh.sampling.job import SampleJob
     from diffmesh.sampling.latent_formats import for_family
 
-    model = guider.model
+    from diffmesh.sampling.mask_functions import split_mask_fn
+
+    model, mask_fn = split_mask_fn(guider.model)
     latent = {**latent_image, "samples": fix_empty_latent(latent_image["samples"], model.family)}
     if sigmas.numel() == 0:
         return latent, latent
     job = SampleJob(latent=latent["samples"], noise=noise.generate_noise(latent), sigmas=sigmas.float(),
                     sampler_name=sampler.name, cfg=guider.cfg, positive=guider.positive, negative=guider.negative,
-                    seed=noise.seed, noise_mask=latent.get("noise_mask"), sampler_options=dict(sampler.options) or None)
+                    seed=noise.seed, noise_mask=latent.get("noise_mask"), sampler_options=dict(sampler.options) or None,
+                    denoise_mask_fn=mask_fn)
     report = _progress(ctx, model.family)
     last: dict[str, torch.Tensor] = {}
 

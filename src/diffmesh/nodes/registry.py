@@ -11,7 +11,7 @@ from diffmesh.nodes.search_fields import with_search_fields
 CORE_MODULES = ("loaders", "conditioning", "sampling", "latent", "image", "io", "dit", "text_encoders", "video", "vision", "gligen",
                 "latent_batch", "image_extra", "conditioning_extra", "custom_sampler", "controlnet",
                 "extras_logic", "extras_math", "extras_images", "extras_string", "extras_resize",
-                "extras_mask", "extras_latent", "extras_compose", "extras_filters")
+                "extras_mask", "extras_latent", "extras_compose", "extras_filters", "inpaint")
 OPTIONAL_MODULES = ("devices",)        # multi-device nodes (SelectModelDevice, MultiGPU_WorkUnits, ...)
 
 

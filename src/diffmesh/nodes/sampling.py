@@ -86,8 +86,10 @@ def run_sampler(ctx: NodeContext, model, seed: int, cfg: float, sampler_name: st
                 negative: list, latent: dict, sigmas: torch.Tensor, add_noise: bool = True) -> tuple:
     """Shared part of both KSamplers; returns the new LATENT dict (spec §4.4: a copy of the input)."""
     from diffmesh.sampling.job import SampleJob
+    from diffmesh.sampling.mask_functions import split_mask_fn
     from diffmesh.sampling.noise import prepare_noise
 
+    model, mask_fn = split_mask_fn(model)
     samples = fix_empty_latent(latent["samples"], model.family)
     if len(sigmas) == 0:                                    # denoise 0 / start past the end: unchanged
         return ({**latent},)
@@ -96,7 +98,8 @@ def run_sampler(ctx: NodeContext, model, seed: int, cfg: float, sampler_name: st
     else:
         noise = torch.zeros(samples.size(), dtype=samples.dtype, layout=samples.layout, device="cpu")
     job = SampleJob(latent=samples, noise=noise, sigmas=sigmas, sampler_name=sampler_name, cfg=float(cfg),
-                    positive=positive, negative=negative, seed=int(seed), noise_mask=latent.get("noise_mask"))
+                    positive=positive, negative=negative, seed=int(seed), noise_mask=latent.get("noise_mask"),
+                    denoise_mask_fn=mask_fn)
     result = ctx.engine.sample(model, job, _progress(ctx, model.family))
     return ({**latent, "samples": result.to("cpu", torch.float32)},)
 

@@ -92,12 +92,14 @@ def _refuse_unrun(options: dict, model) -> None:
                                   "SD1.x); remove the GLIGENTextBoxApply nodes or use an SD1.x checkpoint")
 
 
-def prepare_conds(conds: dict[str, list], model, x_shape, model_sampling, seed: int | None = None) -> dict[str, list[dict]]:
+def prepare_conds(conds: dict[str, list], model, x_shape, model_sampling, seed: int | None = None,
+                  sampler_inputs: dict | None = None) -> dict[str, list[dict]]:
     """{"positive": CONDITIONING, "negative": CONDITIONING} -> {"positive": [entry], ...}.
 
     An entry is a dict with "context" (1,T,D), "extra" {name: tensor} and the options that shape
     its weight: area (h, w, y, x) in latent pixels, strength, mask (Bm,h,w), mask_strength,
-    timestep_start/timestep_end (sigmas)."""
+    timestep_start/timestep_end (sigmas). `sampler_inputs` (the sampler's `latent_image` and
+    `denoise_mask`, full batch) reach the model's extra_conds as ComfyUI's process_conds passes them."""
     h, w = int(x_shape[-2]), int(x_shape[-1])          # 5-D video latents: (B, C, T, h, w)
     out: dict[str, list[dict]] = {}
     for key, conditioning in conds.items():
@@ -118,6 +120,9 @@ def prepare_conds(conds: dict[str, list], model, x_shape, model_sampling, seed: 
             params.setdefault("height", h * 8)
             if seed is not None:            # the sampler's seed (unCLIP noise augmentation draws from it)
                 params.setdefault("seed", seed)
+            for name, value in (sampler_inputs or {}).items():
+                if value is not None:
+                    params.setdefault(name, value)
             extra_fn = getattr(model, "extra_conds", None)
             extra = extra_fn(params, tuple(x_shape)) if extra_fn is not None else {}
             entry["context"] = tensor.float()

@@ -41,6 +41,17 @@ def _rows(t: torch.Tensor, batch: int, batch_slice, device) -> torch.Tensor:
     return repeat_to_batch_size(t, total)[start:stop].to(device)
 
 
+def _full_batch(t: torch.Tensor | None, batch_slice) -> torch.Tensor | None:
+    """This worker's rows placed in a zero tensor of the full batch, so that per-entry model inputs
+    built from them (`extra_conds`) line up with `_rows`' slicing."""
+    if t is None or batch_slice is None:
+        return t
+    start, stop, total = batch_slice
+    full = t.new_zeros((total,) + tuple(t.shape[1:]))
+    full[start:stop] = t
+    return full
+
+
 def _can_concat(a: _Chunk, b: _Chunk) -> bool:
     if a.input_x.shape != b.input_x.shape or a.control is not b.control:
         return False
@@ -74,7 +85,8 @@ class Denoiser:
     def __init__(self, model, positive: list, negative: list, cfg: float, x_shape, *,
                  batch_slice=None, cfg_part: str | None = None, exchange: Callable | None = None,
                  latent_image: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                 denoise_mask: torch.Tensor | None = None, controls=None, seed: int | None = None):
+                 denoise_mask: torch.Tensor | None = None, controls=None, seed: int | None = None,
+                 mask_function: Callable | None = None):
         self.model = model
         self.controls = controls        # sampling.control.ControlRunner when an entry carries a ControlNet
         self.model_sampling = model.model_sampling
@@ -84,9 +96,12 @@ class Denoiser:
             raise ValueError(f"cfg_part must be 'cond', 'uncond' or None, got {cfg_part!r}")
         self.cfg_part, self.exchange = cfg_part, exchange
         full_shape = tuple(x_shape) if batch_slice is None else (int(batch_slice[2]),) + tuple(x_shape[1:])
+        sampler_inputs = {"latent_image": _full_batch(latent_image, batch_slice),
+                          "denoise_mask": _full_batch(denoise_mask, batch_slice)}
         self.conds = prepare_conds({"positive": positive, "negative": negative}, model, full_shape,
-                                   self.model_sampling, seed=seed)
+                                   self.model_sampling, seed=seed, sampler_inputs=sampler_inputs)
         self.latent_image, self.noise, self.denoise_mask = latent_image, noise, denoise_mask
+        self.mask_function = mask_function      # the MODEL's denoise-mask function (sampling.mask_functions)
         self.keep_uncond = False
         self.last_uncond: torch.Tensor | None = None
 
@@ -102,8 +117,6 @@ class Denoiser:
             residuals = self.controls.control(control, x, sigma, context, extra, chunks)
         xc = ms.calculate_input(sigma, x)
         t = ms.timestep(sigma).float()
-        if self.denoise_mask is not None and getattr(self.model, "mask_sets_timestep", False):
-            extra = {**extra, "denoise_mask": repeat_to_batch_size(self.denoise_mask, x.shape[0])}
         if self.denoise_mask is not None and getattr(self.model, "mask_sets_timestep", False):
             extra = {**extra, "denoise_mask": repeat_to_batch_size(self.denoise_mask, x.shape[0])}
         if residuals is not None:
@@ -157,6 +170,9 @@ class Denoiser:
         batch = x.shape[0]
         context = _rows(entry["context"], batch, self.batch_slice, x.device)
         extra = {k: _rows(v, batch, self.batch_slice, x.device) for k, v in entry["extra"].items()}
+        if area is not None and "c_concat" in extra:    # an inpainting UNet's channels follow the latent's area
+            for i in range(2):
+                extra["c_concat"] = extra["c_concat"].narrow(i + 2, area[2 + i], area[i])
         return _Chunk(input_x, mult, context, extra, area, entry.get("control"))
 
     def calc_cond_batch(self, conds: list, x: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:
@@ -211,11 +227,11 @@ class Denoiser:
         mask = self.denoise_mask
         if mask is None:
             return self.guided(x, sigma)
+        if self.mask_function is not None:
+            mask = self.mask_function(sigma, mask)
         latent_mask = 1.0 - mask
         s = sigma.reshape([sigma.shape[0]] + [1] * (self.noise.ndim - 1))
         known = self.model_sampling.noise_scaling(s, self.noise, self.latent_image)
-        if getattr(self.model, "mask_sets_timestep", False):
-            known = self.latent_image               # the known frames stay clean: the model sees them at t = 0
         if getattr(self.model, "mask_sets_timestep", False):
             known = self.latent_image               # the known frames stay clean: the model sees them at t = 0
         x = x * mask + known * latent_mask

@@ -33,6 +33,8 @@ class SampleJob:
     cfg_part: str | None = None
     exchange: Any = None
     sampler_options: dict | None = None
+    # A MODEL's denoise-mask function (`sampling.mask_functions`), e.g. ("differential", strength).
+    denoise_mask_fn: tuple | None = None
 
     def sliced(self, start: int, stop: int) -> "SampleJob":
         total = self.latent.shape[0] if self.batch_slice is None else self.batch_slice[2]

@@ -14,6 +14,7 @@ import torch
 
 from .conds import repeat_to_batch_size
 from .guidance import Denoiser
+from .mask_functions import build as build_mask_function
 from .noise import CPUNoiseSampler, brownian_for_sigmas, inpaint_noise
 from .samplers import get_sampler
 
@@ -99,7 +100,8 @@ def run_sample_job(model, job, on_step: Callable[[int, int, torch.Tensor], None]
     denoiser = Denoiser(model, job.positive, job.negative, job.cfg, tuple(latent_image.shape),
                         batch_slice=batch_slice, cfg_part=job.cfg_part, exchange=job.exchange,
                         latent_image=latent_image, noise=model_noise, denoise_mask=denoise_mask,
-                        controls=_controls(control_networks, ms, batch_slice), seed=job.seed)
+                        controls=_controls(control_networks, ms, batch_slice), seed=job.seed,
+                        mask_function=build_mask_function(getattr(job, "denoise_mask_fn", None), sigmas, ms))
     x = ms.noise_scaling(sigmas[0], noise, latent_image, ms.is_max_denoise(sigmas))
     noise_sampler = _noise_sampler(spec.noise, x, sigmas, job.seed, batch_slice)
     total = len(sigmas) - 1
