@@ -140,3 +140,48 @@ def test_an_interrupt_of_one_member_stops_all_at_the_same_step(three_workers, re
     assert max(seen) == 2
     assert not any(three_workers.busy(w) for w in range(3))
     assert_same_latent(engine.sample(flux, job), reference_engine.sample(flux, job))
+
+
+@pytest.fixture(scope="module")
+def wan_models(tmp_path_factory) -> dict[str, ModelHandle]:
+    """Tiny Wan 2.1 T2V (one head of 128: ring attention on 2 and 3 workers) and Wan 2.2 TI2V."""
+    from diffmesh.models import testmodels_dit
+
+    folder = tmp_path_factory.mktemp("wan-seq")
+    testmodels_dit.write("wan21", "tiny", folder / "wan21.safetensors")
+    testmodels_dit.write("wan21", "tiny-ti2v", folder / "wan22.safetensors")
+    return {"wan21": ModelHandle(str(folder / "wan21.safetensors"), "unet", "wan21"),
+            "wan22": ModelHandle(str(folder / "wan22.safetensors"), "unet", "wan22")}
+
+
+def _wan_job(model: ModelHandle, cfg: float, channels: int, mask: bool) -> SampleJob:
+    """3 latent frames of 6x10 (3 x 3 x 5 = 45 tokens: uneven on 2 and 3 workers); for Wan 2.2 a
+    noise mask that keeps the first frame, so each frame gets its own timestep (per-frame modulation)."""
+    from diffmesh.nodes.sampling import model_sampling_for
+    from diffmesh.sampling.noise import prepare_noise
+    from diffmesh.sampling.schedules import ksampler_sigmas
+
+    g = torch.Generator().manual_seed(3)
+    latent = torch.randn(1, channels, 3, 6, 10, generator=g) * 0.5
+    noise_mask = None
+    if mask:
+        noise_mask = torch.ones(1, 1, 3, 6, 10)
+        noise_mask[:, :, 0] = 0.0
+    sigmas = ksampler_sigmas(model_sampling_for(model), "simple", "euler", 3, 1.0)
+    cond = [[torch.randn(1, 9, CONTEXT_WIDTH, generator=g), {}]]
+    uncond = [[torch.randn(1, 5, CONTEXT_WIDTH, generator=g), {}]]
+    return SampleJob(latent=latent, noise=prepare_noise(latent, 11, None), sigmas=sigmas, sampler_name="euler",
+                     cfg=cfg, positive=cond, negative=uncond, seed=11, noise_mask=noise_mask)
+
+
+@pytest.mark.parametrize("family", ["wan21", "wan22"])
+@pytest.mark.parametrize("workers", [2, 3])
+def test_wan_video_tokens_split_over_workers_match_single_device(request, reference_engine, wan_models, family,
+                                                                  workers):
+    executor = request.getfixturevalue("two_workers" if workers == 2 else "three_workers")
+    job = _wan_job(wan_models[family], cfg=1.0 if family == "wan22" else 4.0,
+                   channels=48 if family == "wan22" else 16, mask=family == "wan22")
+    engine = Engine(executor, parallel="sequence")
+    result = engine.sample(wan_models[family], job)
+    assert engine.last_plan.strategy == "sequence" and len(engine.last_plan.workers) == workers
+    assert_same_latent(result, reference_engine.sample(wan_models[family], job))

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 MODES = ("auto", "ulysses", "ring")
-FAMILIES = ("flux", "zimage", "qwenimage")      # DiT families whose forward takes `sequence` (models.dit.sequence)
+FAMILIES = ("flux", "zimage", "qwenimage", "wan21", "wan22")      # DiT families whose forward takes `sequence` (models.dit.sequence)
 
 
 def split_sizes(count: int, world: int) -> list[int]:

@@ -47,6 +47,7 @@ from torch import nn
 
 from diffmesh.models.dit import DiTFamily
 from diffmesh.models.dit.rope import apply_rope, rope_table
+from diffmesh.models.dit.sequence import WHOLE
 
 EPS = 1e-6
 ROPE_THETA = 10000.0
@@ -82,11 +83,14 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(dim), RMSNorm(dim)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, seq=WHOLE) -> torch.Tensor:
+        """Over the whole video's tokens: `seq` (sequence parallel) attends this worker's rows to all."""
         b, s, d = x.shape
-        q = apply_rope(self.norm_q(self.q(x)).view(b, s, self.heads, -1), rope).flatten(2)
-        k = apply_rope(self.norm_k(self.k(x)).view(b, s, self.heads, -1), rope).flatten(2)
-        return self.o(_attention(q, k, self.v(x), self.heads))
+        q = apply_rope(self.norm_q(self.q(x)).view(b, s, self.heads, -1), rope)
+        k = apply_rope(self.norm_k(self.k(x)).view(b, s, self.heads, -1), rope)
+        v = self.v(x).view(b, s, self.heads, -1)
+        out = seq.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))     # (B, H, s, hd)
+        return self.o(out.transpose(1, 2).flatten(2))
 
 
 class CrossAttention(nn.Module):
@@ -137,14 +141,14 @@ class Block(nn.Module):
         self.modulation = nn.Parameter(torch.empty(1, 6, dim))
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, rope: torch.Tensor, context: torch.Tensor,
-                image_rows: int | None) -> torch.Tensor:
+                image_rows: int | None, seq=WHOLE) -> torch.Tensor:
         # (1, 6, D) + (B, 6, D) -> six (B, 1, D): shift/scale/gate of attention, then of the FFN;
         # per-frame timesteps (Wan 2.2): (1, 1, 6, D) + (B, F, 6, D) -> six (B, L, D), each frame's rows
         if e0.ndim == 4:
             mod = [per_token(m, x.shape[1]) for m in (self.modulation.to(x.dtype).unsqueeze(0) + e0).unbind(2)]
         else:
             mod = (self.modulation.to(x.dtype) + e0).chunk(6, dim=1)
-        y = self.self_attn(torch.addcmul(mod[0], _layer_norm(x), 1 + mod[1]), rope)
+        y = self.self_attn(torch.addcmul(mod[0], _layer_norm(x), 1 + mod[1]), rope, seq)
         x = torch.addcmul(x, y, mod[2])
         x = x + self.cross_attn(self.norm3(x), context, image_rows)
         y = self.ffn(torch.addcmul(mod[3], _layer_norm(x), 1 + mod[4]))
@@ -230,7 +234,10 @@ class WanTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                 concat: torch.Tensor | None = None, clip_fea: torch.Tensor | None = None,
-                denoise_mask: torch.Tensor | None = None, **_: torch.Tensor) -> torch.Tensor:
+                denoise_mask: torch.Tensor | None = None, sequence=None, **_: torch.Tensor) -> torch.Tensor:
+        """`sequence` (sequence parallel, `models.dit.sequence`): this worker runs its share of the
+        video tokens; cross-attention needs only its own queries, self-attention goes through it."""
+        seq = sequence or WHOLE
         b, _c, t, h, w = x.shape
         if denoise_mask is not None and self.cfg.get("frame_timesteps"):
             timestep = frame_timesteps(timestep, denoise_mask)
@@ -259,9 +266,14 @@ class WanTransformer(nn.Module):
             if hasattr(self, "img_emb"):
                 context = torch.cat([self.img_emb(clip_fea.to(context.dtype)), context], dim=1)
             image_rows = clip_fea.shape[-2]
+        if seq is not WHOLE:
+            total = tokens.shape[1]
+            tokens, rope = seq.split(tokens), seq.split(rope)
+            if timestep.ndim == 2:          # per-frame modulation: this worker's rows take their frames' vectors
+                e0, e = seq.split(per_token(e0, total)).contiguous(), seq.split(per_token(e, total)).contiguous()
         for block in self.blocks:
-            tokens = block(tokens, e0, rope, context, image_rows)
-        out = self.head(tokens, e)                                            # (B, L, pt*ph*pw*C)
+            tokens = block(tokens, e0, rope, context, image_rows, seq)
+        out = seq.gather(self.head(tokens, e))                                # (B, L, pt*ph*pw*C)
         co = self.cfg["out_dim"]
         out = out.view(b, *grid, *PATCH, co)                                  # (B, T', H', W', pt, ph, pw, C)
         out = torch.einsum("bfhwpqrc->bcfphqwr", out).reshape(
