@@ -192,3 +192,52 @@ def test_sd_turbo_scheduler_sigmas(runtime):
         sigmas = _run(runtime, prompt, node="20")
         expected = torch.cat([table[timesteps].float(), torch.zeros(1)])
         assert sigmas.shape == (steps + 1,) and torch.allclose(sigmas, expected, rtol=1e-5)
+
+
+def test_flux_fill_concat_folds_each_8x8_mask_block_into_64_channels():
+    from diffmesh.models.dit.flux import concat_cond as flux_concat
+
+    fmt = for_family("flux")
+    config = {"in_channels": 96, "out_channels": 16}
+    image, mask = torch.randn(1, 16, 4, 6), torch.zeros(1, 1, 32, 48)
+    mask[0, 0, 8 + 2, 16 + 5] = 1.0                      # latent cell (1, 2), pixel (2, 5) inside it
+    got = flux_concat({"concat_latent_image": image, "concat_mask": mask}, (1, 16, 4, 6), config, fmt)
+    assert got.shape == (1, 16 + 64, 4, 6)
+    assert torch.allclose(got[:, :16], fmt.process_in(image))
+    folded = got[0, 16:]
+    assert folded[2 * 8 + 5, 1, 2] == 1 and folded.sum() == 1
+    assert flux_concat({}, (1, 16, 4, 6), {"in_channels": 16, "out_channels": 16}, fmt) is None
+    no_mask = flux_concat({}, (2, 16, 4, 6), config, fmt)     # zeros image, all-ones mask
+    assert torch.equal(no_mask[:, 16:], torch.ones(2, 64, 4, 6))
+
+
+def test_flux_fill_file_samples_with_the_image_and_mask_channels(models_base, tmp_path):
+    from diffmesh.models.testmodels_inpaint import write_flux_fill
+    from diffmesh.sampling.job import SampleJob
+
+    models = tmp_path / "models"
+    (models / "diffusion_models").mkdir(parents=True)
+    write_flux_fill(models / "diffusion_models" / "tiny-flux-fill.safetensors")
+    rt = Runtime.build(argparse.Namespace(base_directory=str(tmp_path / "base"), models_dir=str(models), cpu=True))
+    try:
+        prompt = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-flux-fill.safetensors",
+                                                               "weight_dtype": "default"}},
+                  "2": {"class_type": "SDTurboScheduler", "inputs": {"model": ["1", 0], "steps": 1, "denoise": 1.0}},
+                  "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+        handle = _run(rt, prompt, node="1")
+        g = torch.Generator().manual_seed(0)
+        context, pooled, image = torch.randn(1, 12, 64, generator=g), torch.randn(1, 32, generator=g), torch.randn(1, 16, 8, 8, generator=g)
+        latent, noise = torch.randn(1, 16, 8, 8, generator=g), torch.randn(1, 16, 8, 8, generator=g)
+
+        def sample(mask):
+            options = {"pooled_output": pooled, "concat_latent_image": image, "concat_mask": mask}
+            job = SampleJob(latent=latent, noise=noise, sigmas=torch.tensor([1.0, 0.5, 0.0]), sampler_name="euler",
+                            cfg=1.0, positive=[[context, options]], negative=[[context * 0, options]], seed=1)
+            return rt.engine.sample(handle, job)
+
+        left, right = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
+        left[..., :32], right[..., 32:] = 1.0, 1.0
+        a, b = sample(left), sample(right)
+        assert a.shape == (1, 16, 8, 8) and torch.isfinite(a).all() and not torch.allclose(a, b, atol=1e-5)
+    finally:
+        rt.close()

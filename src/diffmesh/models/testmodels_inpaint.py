@@ -29,3 +29,21 @@ def write_sd1_inpaint(out_path: str | os.PathLike, seed: int = 0) -> str:
             "seed": str(seed), "note": "random weights, NOT a trained model"}
     ts.save_safetensors_deterministic(sd1_inpaint_state_dict(seed), out, meta)
     return out
+
+
+def flux_fill_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The tiny Flux.1-dev of `models.dit.testfiles` with Flux Fill's input: img_in takes
+    (16 latent + 16 masked-image latent + 64 mask) channels x 2 x 2 patches, the output stays 16 x 2 x 2."""
+    from diffmesh.models.dit.testfiles import TINY_FLUX, flux_spec
+
+    s = flux_spec(ts.Spec(), TINY_FLUX)
+    s.linear("img_in", TINY_FLUX["hidden"], (16 + 16 + 64) * TINY_FLUX["patch"] ** 2)
+    return ts.materialize(s, seed, torch.float32)
+
+
+def write_flux_fill(out_path: str | os.PathLike, seed: int = 0) -> str:
+    out = str(out_path)
+    meta = {"format": "pt", "generator": "diffmesh.models.testmodels_inpaint", "family": "flux-fill", "size": "tiny",
+            "seed": str(seed), "note": "random weights, NOT a trained model"}
+    ts.save_safetensors_deterministic(flux_fill_state_dict(seed), out, meta)
+    return out

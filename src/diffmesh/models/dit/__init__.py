@@ -52,6 +52,8 @@ class DiTFamily:
                      fused layers, ...); rows = (first row, row count) of the target weight the LoRA's
                      delta replaces part of, or None for the whole weight. The module's own names (and
                      kohya's `lora_unet_` spelling of them) are always accepted.
+    concat_cond:     optional: (options, x shape, config, latent format) -> the channels a file whose input
+                     is wider than its latent (Flux Fill) takes after the latent (`c_concat`), or None
     """
 
     name: str
@@ -65,6 +67,7 @@ class DiTFamily:
     describe: Callable[[dict], str]
     sampling_for: Callable[[dict], tuple] | None = None
     lora_names: Callable[[dict], dict] | None = None
+    concat_cond: Callable[..., Any] | None = None
 
     def default_sampling(self, config: dict) -> tuple:
         """FlowModelSampling arguments of a file of this family when no ModelSampling* node sets them."""

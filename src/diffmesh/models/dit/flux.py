@@ -254,9 +254,10 @@ class Flux(nn.Module):
         x = out.reshape(b, h, w, self.out_channels, p, p).permute(0, 3, 1, 4, 2, 5)
         return x.reshape(b, self.out_channels, h * p, w * p)[:, :, :size[0], :size[1]]
 
-    def forward(self, x, timestep, context, y=None, guidance=None, sequence=None, **_):
+    def forward(self, x, timestep, context, y=None, guidance=None, sequence=None, c_concat=None, **_):
         seq = sequence or WHOLE                 # sequence parallel: this worker's image rows only
-        img, img_ids, hw = self._patchify(x)
+        # Flux Fill / depth / canny files: their extra channels join the latent before patchify, as ComfyUI's
+        img, img_ids, hw = self._patchify(x if c_concat is None else torch.cat([x, c_concat.to(x.dtype)], dim=1))
         img, img_ids = seq.split(img), seq.split(img_ids)
         dtype = img.dtype
         img = self.img_in(img)
@@ -330,6 +331,30 @@ def extra_conds(options: dict, x_shape: tuple) -> dict:
     return out
 
 
+def concat_cond(options: dict, x_shape: tuple, config: dict, latent_format):
+    """ComfyUI's Flux.concat_cond for files whose img_in is wider than the latent: the conditioning's
+    `concat_latent_image` (zeros when absent) scaled into diffusion space, then - for Fill (in_channels
+    16 + 16 + 64) - the mask (`concat_mask`, else the sampler's, else ones) at 8x the latent size,
+    each 8x8 pixel block folded into 64 channels."""
+    from diffmesh.models.inpaint import resize_to_batch_size
+    from diffmesh.nodes.image import common_upscale
+
+    channels, out_channels = config["in_channels"], config["out_channels"]
+    if channels <= out_channels:
+        return None
+    b, c, h, w = (int(s) for s in x_shape)
+    image = options.get("concat_latent_image")
+    image = torch.zeros((b, c, h, w)) if image is None else image.float().cpu()
+    image = latent_format.process_in(resize_to_batch_size(common_upscale(image, w, h, "bilinear", "center"), b))
+    if channels <= out_channels * 2:
+        return image
+    mask = options.get("concat_mask", options.get("denoise_mask"))
+    mask = torch.ones((b, 1, h, w)) if mask is None else mask.float().cpu()
+    mask = common_upscale(torch.mean(mask, dim=1, keepdim=True), w * 8, h * 8, "bilinear", "center")
+    mask = mask.view(mask.shape[0], h, 8, w, 8).permute(0, 2, 4, 1, 3).reshape(mask.shape[0], 64, h, w)
+    return torch.cat((image, resize_to_batch_size(mask, b)), dim=1)
+
+
 def describe(config: dict) -> str:
     kind = "dev" if config["guidance_embed"] else "schnell"
     return (f"Flux.1-{kind}, width {config['hidden_size']}, {config['depth']} double + "
@@ -372,4 +397,4 @@ def lora_names(config: dict) -> dict:
 FAMILY = DiTFamily(
     name="flux", matches=matches, config=config, convert=convert, build=Flux, latent_format="flux",
     sampling=("flux", 1.15, 1.0), extra_conds=extra_conds, describe=describe,
-    sampling_for=sampling, lora_names=lora_names)
+    sampling_for=sampling, lora_names=lora_names, concat_cond=concat_cond)

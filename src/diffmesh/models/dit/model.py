@@ -53,7 +53,12 @@ class DiTModel(DeviceAndDtype, nn.Module):
         self.mask_sets_timestep = bool(config.get("frame_timesteps"))
 
     def extra_conds(self, options: dict[str, Any], x_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
-        return self.family.extra_conds(options, x_shape)
+        extras = self.family.extra_conds(options, x_shape)
+        if self.family.concat_cond is not None:     # Flux Fill: masked image + mask after the latent
+            concat = self.family.concat_cond(options, x_shape, self.config, self.latent_format)
+            if concat is not None:
+                extras = {**extras, "c_concat": concat}
+        return extras
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, sequence: Any = None,
