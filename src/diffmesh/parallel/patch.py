@@ -285,6 +285,8 @@ class PatchModel:
         band = self.shard.split(x, self.align)
         if extra.get("control"):            # ControlNet residuals, one per UNet level: each its band of rows
             extra = dict(extra, control={k: self._bands(v) for k, v in extra["control"].items()})
+        if "c_concat" in extra:             # an inpainting UNet's extra input channels: the same rows as x
+            extra = dict(extra, c_concat=self.shard.split(extra["c_concat"], self.align))
         with installed(self.model.unet, self.shard):
             out = self.model(band, timestep, context, **extra)
         return self.shard.gather_rows(out)
