@@ -11,6 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-bandwidth", action="store_true", help="skip the copy bandwidth measurement")
     parser.add_argument("--bandwidth-mb", type=int, default=64, metavar="MB",
                         help="bytes per measured copy, in MiB (default 64)")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="also list the nodes of this Ray cluster (host:port of `ray start --head`)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,10 +22,22 @@ def run(args: argparse.Namespace) -> int:
     if args.bandwidth_mb < 1:
         raise ConfigError("--bandwidth-mb must be at least 1", where="--bandwidth-mb")
     diagnosis = examine(measure=not args.no_bandwidth, nbytes=args.bandwidth_mb * 1024 ** 2)
+    nodes = None
+    if args.ray_address:
+        from diffmesh.devices.cluster import ray_nodes
+
+        nodes = ray_nodes(args.ray_address)
     if args.json:
-        print(json.dumps(diagnosis.to_dict(), indent=1, default=str))
+        report = diagnosis.to_dict()
+        if nodes is not None:
+            report["ray_cluster"] = {"address": args.ray_address, "nodes": nodes}
+        print(json.dumps(report, indent=1, default=str))
     else:
         print(format_text(diagnosis))
+        if nodes is not None:
+            from diffmesh.devices.cluster import format_nodes
+
+            print(format_nodes(args.ray_address, nodes))
     return 0
 
 
