@@ -98,6 +98,16 @@ def _cfg(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo) -> Sam
                       reason=f"cond and uncond on two workers, cfg={workload.cfg}", cost=cost)
 
 
+def _split_group(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo, count: int,
+                 overhead: float) -> tuple[list[WorkerInfo], float]:
+    """The main worker and the fastest others, `count` in all, sharing one image; the cost of its step
+    (every row on the slowest member's share, plus `overhead` per extra worker for the exchanges)."""
+    others = sorted((w for w in workers if w.worker_id != main.worker_id), key=lambda w: -w.speed)
+    group = [main] + others[:count - 1]
+    rows = workload.batch * (2 if workload.uses_uncond else 1)
+    return group, rows / (count * min(w.speed for w in group)) * (1 + overhead * (count - 1))
+
+
 def _sequence(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo,
               min_tokens: int = MIN_SEQUENCE_TOKENS) -> SamplePlan | None:
     """Every usable worker that gets at least `min_tokens` image tokens (1 when the mode is asked for)."""
@@ -106,10 +116,7 @@ def _sequence(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo,
     count = min(len(workers), workload.tokens // min_tokens)
     if count < 2:
         return None
-    others = sorted((w for w in workers if w.worker_id != main.worker_id), key=lambda w: -w.speed)
-    group = [main] + others[:count - 1]
-    rows = workload.batch * (2 if workload.uses_uncond else 1)
-    cost = rows / (count * min(w.speed for w in group)) * (1 + SEQUENCE_OVERHEAD * (count - 1))
+    group, cost = _split_group(workload, workers, main, count, SEQUENCE_OVERHEAD)
     return SamplePlan("sequence", tuple(w.worker_id for w in group),
                       reason=f"{workload.tokens} image tokens split over {count} workers", cost=cost)
 
@@ -143,10 +150,7 @@ def _patch(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo, aske
     count = min(len(workers), units if asked else min(units, workload.patch_rows // MIN_PATCH_ROWS))
     if count < 2:
         return None
-    others = sorted((w for w in workers if w.worker_id != main.worker_id), key=lambda w: -w.speed)
-    group = [main] + others[:count - 1]
-    rows = workload.batch * (2 if workload.uses_uncond else 1)
-    cost = rows / (count * min(w.speed for w in group)) * (1 + PATCH_OVERHEAD * (count - 1))
+    group, cost = _split_group(workload, workers, main, count, PATCH_OVERHEAD)
     return SamplePlan("patch", tuple(w.worker_id for w in group),
                       reason=f"{workload.patch_rows} latent rows split in bands over {count} workers", cost=cost)
 
