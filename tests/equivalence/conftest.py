@@ -35,6 +35,16 @@ def two_workers():
     executor.shutdown(timeout=5)
 
 
+@pytest.fixture(scope="module")
+def three_workers():
+    """Three CPU worker processes with one torch thread each: uneven splits (sequence, patch)."""
+    executor = MultiProcessExecutor([WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(3)],
+                                    start_timeout=120)
+    executor.start()
+    yield executor
+    executor.shutdown(timeout=5)
+
+
 @pytest.fixture(scope="session", params=["inproc", "multiproc", "ray"])
 def backend_workers(request, two_workers, tmp_path_factory):
     """Two one-thread CPU workers behind each executor backend: in this process (threads), child

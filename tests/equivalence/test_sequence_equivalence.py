@@ -27,15 +27,6 @@ def assert_same_latent(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 @pytest.fixture(scope="module")
-def three_workers():
-    executor = MultiProcessExecutor([WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(3)],
-                                    start_timeout=120)
-    executor.start()
-    yield executor
-    executor.shutdown(timeout=5)
-
-
-@pytest.fixture(scope="module")
 def models(tiny_model_files) -> dict[str, ModelHandle]:
     return {"flux": ModelHandle(tiny_model_files["flux"]["flux_dev"], "unet", "flux"),
             "zimage": ModelHandle(tiny_model_files["dit"]["zimage"], "unet", "zimage"),
