@@ -23,12 +23,16 @@ def sd1_inpaint_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     return ts.materialize(s, seed, torch.float32)
 
 
-def write_sd1_inpaint(out_path: str | os.PathLike, seed: int = 0) -> str:
+def _write(state: dict[str, torch.Tensor], out_path: str | os.PathLike, family: str, seed: int) -> str:
     out = str(out_path)
-    meta = {"format": "pt", "generator": "diffmesh.models.testmodels_inpaint", "family": "sd1", "size": "tiny",
+    meta = {"format": "pt", "generator": "diffmesh.models.testmodels_inpaint", "family": family, "size": "tiny",
             "seed": str(seed), "note": "random weights, NOT a trained model"}
-    ts.save_safetensors_deterministic(sd1_inpaint_state_dict(seed), out, meta)
+    ts.save_safetensors_deterministic(state, out, meta)
     return out
+
+
+def write_sd1_inpaint(out_path: str | os.PathLike, seed: int = 0) -> str:
+    return _write(sd1_inpaint_state_dict(seed), out_path, "sd1", seed)
 
 
 def flux_fill_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -42,8 +46,4 @@ def flux_fill_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def write_flux_fill(out_path: str | os.PathLike, seed: int = 0) -> str:
-    out = str(out_path)
-    meta = {"format": "pt", "generator": "diffmesh.models.testmodels_inpaint", "family": "flux-fill", "size": "tiny",
-            "seed": str(seed), "note": "random weights, NOT a trained model"}
-    ts.save_safetensors_deterministic(flux_fill_state_dict(seed), out, meta)
-    return out
+    return _write(flux_fill_state_dict(seed), out_path, "flux-fill", seed)
