@@ -166,7 +166,7 @@ class EngineScope:
             return self._sample_batch(handle, job, plan, progress)
         if plan.strategy == "cfg":
             return self._sample_cfg(handle, job, plan, progress)
-        if plan.strategy in ("sequence", "cfg_sequence", "patch"):
+        if plan.strategy in ("sequence", "cfg_sequence", "patch", "batch_patch", "cfg_patch"):
             return self._sample_sequence(handle, job, plan, progress)
         if plan.strategy in ("shard", "layersplit"):
             from diffmesh.parallel.grouped import sample_pooled
@@ -238,29 +238,61 @@ class EngineScope:
         return self.root.executor.call(retry, "sample", handle, job,
                                        on_event=self._tagged(progress, retry, "single")).result()
 
+    def _patch_members(self, job, workers: tuple[int, ...]) -> tuple[list, list]:
+        """(worker, job, call kwargs) for one patch group running `job`, and the group opened (none
+        for a lone worker: it runs the job whole). The same job everywhere; the rank picks the band."""
+        if len(workers) == 1:
+            return [(workers[0], job, {})], []
+        group = self.root.sequence_groups.group(tuple(workers))
+        return [(w, job, {"patch": {"group": group.group, "rank": r, "world": len(workers)}})
+                for r, w in enumerate(workers)], [group]
+
     def _sequence_parts(self, job, plan: SamplePlan) -> tuple[list, list]:
-        """(worker, job, call kwargs) per member, and the groups opened. cfg_sequence: the first half of
-        the workers runs cond, the second uncond, each half one sequence group; rank i of one half
-        exchanges its CFG prediction with rank i of the other."""
+        """(worker, job, call kwargs) per member, and the groups opened. cfg_sequence / cfg_patch: the
+        first half of the workers runs cond, the second uncond, each half one sequence / patch group;
+        rank i of one half exchanges its CFG prediction with rank i of the other. batch_patch: the
+        workers sharing a batch range form one patch group running those rows."""
         attention = self.root.sequence_attention
-        if plan.strategy == "patch":            # the same job everywhere; the rank picks the band
-            group = self.root.sequence_groups.group(plan.workers)
-            return [(w, job, {"patch": {"group": group.group, "rank": r, "world": len(plan.workers)}})
-                    for r, w in enumerate(plan.workers)], [group]
+        if plan.strategy == "patch":
+            return self._patch_members(job, plan.workers)
+        if plan.strategy == "batch_patch":
+            parts, groups = [], []
+            for (start, stop), members in plan.batch_groups():
+                members_parts, opened = self._patch_members(job.sliced(start, stop), members)
+                parts += members_parts
+                groups += opened
+            return parts, groups
         if plan.strategy == "sequence":
             group = self.root.sequence_groups.group(plan.workers)
             return [(w, part, {"sequence": seq}) for w, part, seq in
                     sequence_parallel.split_sequence(job, group, attention)], [group]
         half = len(plan.workers) // 2
         halves = [plan.workers[:half], plan.workers[half:]]
-        groups = [self.root.sequence_groups.group(h) for h in halves]
         pairs = [self.root.cfg_groups.pair(c, u) for c, u in zip(*halves)]
-        parts = []
-        for part, group in zip(cfg_parallel.PARTS, groups):           # "cond" on halves[0], "uncond" on halves[1]
+        parts, groups = [], []
+        for part, members in zip(cfg_parallel.PARTS, halves):           # "cond" on halves[0], "uncond" on halves[1]
             half_job = replace(job, cfg_part=part, exchange=None)
-            for rank, (w, _, seq) in enumerate(sequence_parallel.split_sequence(half_job, group, attention)):
-                parts.append((w, half_job, {"sequence": seq, "group": pairs[rank].group}))
+            if plan.strategy == "cfg_patch":
+                members_parts, opened = self._patch_members(half_job, members)
+            else:
+                opened = [self.root.sequence_groups.group(members)]
+                members_parts = [(w, half_job, {"sequence": seq})
+                                 for w, _, seq in sequence_parallel.split_sequence(half_job, opened[0], attention)]
+            parts += [(w, j, {**kwargs, "group": pairs[rank].group})
+                      for rank, (w, j, kwargs) in enumerate(members_parts)]
+            groups += opened
         return parts, groups + pairs
+
+    def _merge_members(self, plan: SamplePlan, results: list[torch.Tensor]) -> torch.Tensor:
+        """Every member of a group ends with its group's latent: rank 0's is kept (batch_patch: each
+        group's rank 0, concatenated in batch order)."""
+        if plan.strategy != "batch_patch":
+            return sequence_parallel.merge_sequence(results)
+        firsts, index = [], 0
+        for _, members in plan.batch_groups():
+            firsts.append(results[index])
+            index += len(members)
+        return batch_parallel.merge_batch(firsts)
 
     def _sample_sequence(self, handle: ModelHandle, job, plan: SamplePlan, progress: Progress | None) -> torch.Tensor:
         parts, groups = self._sequence_parts(job, plan)
@@ -270,14 +302,14 @@ class EngineScope:
         outcomes = _wait_all(futures)
         errors = [e for _, e in outcomes if e is not None]
         if not errors:
-            return sequence_parallel.merge_sequence([r for r, _ in outcomes])
+            return self._merge_members(plan, [r for r, _ in outcomes])
         for group in groups:
             (self.root.cfg_groups if isinstance(group, cfg_parallel.CfgPair) else self.root.sequence_groups).drop(group)
         died = [(w, e) for (w, _, _), (_, e) in zip(parts, outcomes) if isinstance(e, WorkerDied)]
         if not died:
             raise next((e for e in errors if not isinstance(e, WorkerDied)), errors[0])
         retry = self._retry_worker(died[0][0])
-        log.warning("%s; retrying the whole job once on worker %s without sequence parallel", died[0][1], retry)
+        log.warning("%s; retrying the whole job once on worker %s without %s", died[0][1], retry, plan.strategy)
         return self.root.executor.call(retry, "sample", handle, job,
                                        on_event=self._tagged(progress, retry, "single")).result()
 

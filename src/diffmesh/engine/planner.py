@@ -16,6 +16,11 @@ unit speed" and the cheapest wins; ties go to the simpler strategy:
   patch:    (SD UNets only) every row on every worker, each with a band of 1/P of the latent rows,
             plus an exchange overhead per extra worker (halo rows, norm statistics, keys and values
             in every block); in auto only when every band gets MIN_PATCH_ROWS latent rows or more.
+  batch_patch: (SD UNets, batch >= 2, 3+ workers) the batch split over groups of workers, each
+            group's rows patch-split over its members: the slowest group's rows over its members'
+            bands, plus the patch overhead of its size. Every group count from 2 up is tried.
+  cfg_patch: (SD UNets, cfg != 1, 4+ workers) cond on one half, uncond on the other, each half
+            patch-split: the UNet twin of cfg_sequence.
 Memory (`--parallel shard|layersplit`, or `auto` through `engine.explain.memory_plan` when the model
 does not fit a worker's budget): every worker of the scope, the main one as rank 0 (`_pooled`).
 """
@@ -54,15 +59,28 @@ class Workload:
 @dataclass(frozen=True)
 class SamplePlan:
     strategy: str                                   # "single" | "batch" | "cfg" | "sequence" | "cfg_sequence"
+                                                    # | "patch" | "batch_patch" | "cfg_patch" | "shard" | ...
     workers: tuple[int, ...]                        # single: (w,); cfg: (cond, uncond); batch: one per part;
-                                                    # sequence: rank order (rank 0 = the main worker);
-                                                    # cfg_sequence: cond ranks, then uncond ranks
-    ranges: tuple[tuple[int, int], ...] = ()        # batch: rows [start, stop) per worker
+                                                    # sequence, patch: rank order (rank 0 = the main worker);
+                                                    # cfg_sequence, cfg_patch: cond ranks, then uncond ranks;
+                                                    # batch_patch: each group's ranks, group after group
+    ranges: tuple[tuple[int, int], ...] = ()        # batch, batch_patch: rows [start, stop) per worker (the
+                                                    # members of one batch_patch group share one range)
     reason: str = ""
     cost: float = field(default=0.0, compare=False)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def batch_groups(self) -> list[tuple[tuple[int, int], tuple[int, ...]]]:
+        """batch_patch: ((start, stop), the group's workers in rank order) per group, in batch order."""
+        out: list[tuple[tuple[int, int], tuple[int, ...]]] = []
+        for worker, rows in zip(self.workers, self.ranges):
+            if out and out[-1][0] == rows:
+                out[-1] = (rows, out[-1][1] + (worker,))
+            else:
+                out.append((rows, (worker,)))
+        return out
 
 
 def _fits(worker: WorkerInfo, workload: Workload) -> bool:
@@ -121,19 +139,26 @@ def _sequence(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo,
                       reason=f"{workload.tokens} image tokens split over {count} workers", cost=cost)
 
 
-def _cfg_sequence(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo,
-                  min_tokens: int = MIN_SEQUENCE_TOKENS) -> SamplePlan | None:
-    """CFG x sequence: cond on one half of the workers, uncond on the other, each half sequence-split."""
-    half = min(len(workers) // 2, workload.tokens // min_tokens)
+def _cfg_halves(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo, half: int, overhead: float,
+                strategy: str, what: str) -> SamplePlan | None:
+    """CFG x an image split: cond on one half of the workers, uncond on the other, each half split
+    (`half` workers each, `overhead` per extra worker of a half, plus the CFG exchange)."""
     if not workload.uses_uncond or half < 2:
         return None
     others = sorted((w for w in workers if w.worker_id != main.worker_id), key=lambda w: -w.speed)
     group = [main] + others[:2 * half - 1]
-    cost = (workload.batch / (half * min(w.speed for w in group)) * (1 + SEQUENCE_OVERHEAD * (half - 1))
+    cost = (workload.batch / (half * min(w.speed for w in group)) * (1 + overhead * (half - 1))
             * (1 + CFG_EXCHANGE_OVERHEAD))
-    return SamplePlan("cfg_sequence", tuple(w.worker_id for w in group),
-                      reason=f"cond and uncond on {half} workers each, {workload.tokens} image tokens split",
-                      cost=cost)
+    return SamplePlan(strategy, tuple(w.worker_id for w in group),
+                      reason=f"cond and uncond on {half} workers each, {what}", cost=cost)
+
+
+def _cfg_sequence(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo,
+                  min_tokens: int = MIN_SEQUENCE_TOKENS) -> SamplePlan | None:
+    """CFG x sequence: cond on one half of the workers, uncond on the other, each half sequence-split."""
+    half = min(len(workers) // 2, workload.tokens // min_tokens)
+    return _cfg_halves(workload, workers, main, half, SEQUENCE_OVERHEAD, "cfg_sequence",
+                       f"{workload.tokens} image tokens split")
 
 
 def _pooled(mode: str, workers: list[WorkerInfo], main: WorkerInfo) -> SamplePlan:
@@ -144,15 +169,65 @@ def _pooled(mode: str, workers: list[WorkerInfo], main: WorkerInfo) -> SamplePla
     return SamplePlan(mode, tuple(w.worker_id for w in group), reason=f"{mode}: {what}, {len(group)} workers")
 
 
+def _bands(workload: Workload, asked: bool) -> int:
+    """The most bands one image's latent rows split into: whole `patch_align` units, and in auto
+    MIN_PATCH_ROWS rows or more per band (0: not a UNet, or rows not a multiple of the unit)."""
+    if not workload.patch_rows or workload.patch_rows % workload.patch_align:
+        return 0
+    units = workload.patch_rows // workload.patch_align
+    return units if asked else min(units, workload.patch_rows // MIN_PATCH_ROWS)
+
+
 def _patch(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo, asked: bool) -> SamplePlan | None:
     """Bands of latent rows over as many workers as get a whole band (MIN_PATCH_ROWS rows in auto)."""
-    units = workload.patch_rows // workload.patch_align if workload.patch_rows % workload.patch_align == 0 else 0
-    count = min(len(workers), units if asked else min(units, workload.patch_rows // MIN_PATCH_ROWS))
+    count = min(len(workers), _bands(workload, asked))
     if count < 2:
         return None
     group, cost = _split_group(workload, workers, main, count, PATCH_OVERHEAD)
     return SamplePlan("patch", tuple(w.worker_id for w in group),
                       reason=f"{workload.patch_rows} latent rows split in bands over {count} workers", cost=cost)
+
+
+def _cfg_patch(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo, asked: bool) -> SamplePlan | None:
+    """CFG x patch: cond on one half of the workers, uncond on the other, each half patch-split."""
+    half = min(len(workers) // 2, _bands(workload, asked))
+    return _cfg_halves(workload, workers, main, half, PATCH_OVERHEAD, "cfg_patch",
+                       f"each half's {workload.patch_rows} latent rows split in bands")
+
+
+def _patch_speed(group: list[WorkerInfo]) -> float:
+    """Rows per unit time of a group patch-splitting its rows (one worker: no split, no overhead)."""
+    return len(group) * min(w.speed for w in group) / (1 + PATCH_OVERHEAD * (len(group) - 1))
+
+
+def _batch_patch(workload: Workload, workers: list[WorkerInfo], main: WorkerInfo, asked: bool) -> SamplePlan | None:
+    """Batch x patch: the batch rows split over groups of workers (in proportion to each group's
+    predicted speed), each group's rows patch-split over its members (a lone member runs its rows
+    whole). Workers in speed order (the main one first) are cut into 2 or more contiguous groups,
+    larger groups first or last (fast workers alone, slow ones pooled); the cheapest cut wins."""
+    bands = _bands(workload, asked)
+    if workload.batch_coupled or workload.batch < 2 or bands < 2 or len(workers) < 3:
+        return None
+    ordered = [main] + sorted((w for w in workers if w.worker_id != main.worker_id), key=lambda w: -w.speed)
+    per_row = 2 if workload.uses_uncond else 1
+    best: SamplePlan | None = None
+    for count in range(2, min(workload.batch, len(ordered) - 1) + 1):
+        even = [min(bands, len(ordered) // count + (i < len(ordered) % count)) for i in range(count)]
+        for sizes in (even, even[::-1]):
+            groups = [ordered[sum(sizes[:i]):sum(sizes[:i + 1])] for i in range(count)]
+            ranges = split_batch(workload.batch, [_patch_speed(g) for g in groups])
+            parts = [(g, r) for g, r in zip(groups, ranges) if r[1] > r[0]]
+            if len(parts) < 2 or all(len(g) == 1 for g, _ in parts):     # plain patch or plain batch split
+                continue
+            cost = max((stop - start) * per_row / _patch_speed(g) for g, (start, stop) in parts)
+            if best is None or cost < best.cost:
+                shape = " + ".join(str(len(g)) for g, _ in parts)
+                best = SamplePlan("batch_patch", tuple(w.worker_id for g, _ in parts for w in g),
+                                  tuple(r for g, r in parts for _ in g), cost=cost,
+                                  reason=f"batch of {workload.batch} split over {len(parts)} groups of {shape} "
+                                         f"workers, each group's {workload.patch_rows} latent rows in bands over "
+                                         "its workers")
+    return best
 
 
 def _why_no_patch(workload: Workload) -> str:
@@ -182,9 +257,11 @@ def plan_sample(workload: Workload, workers: list[WorkerInfo], mode: str = "auto
         hybrid = _cfg_sequence(workload, usable, main, 1)
         return min((p for p in (sequence, hybrid) if p is not None), key=lambda p: p.cost, default=None) \
             or _single(workload, main, why)
-    patch = _patch(workload, usable, main, asked=mode == "patch")
+    asked = mode == "patch"
+    patches = [p for p in (_patch(workload, usable, main, asked), _batch_patch(workload, usable, main, asked),
+                           _cfg_patch(workload, usable, main, asked)) if p is not None]
     if mode == "patch":
-        return patch or _single(workload, main, _why_no_patch(workload))
+        return min(patches, key=lambda p: p.cost, default=None) or _single(workload, main, _why_no_patch(workload))
     if mode == "batch":
         why = ("the sampler chooses its steps over the whole batch (dpm_adaptive), so a split would change the images"
                if workload.batch_coupled else "the batch has one sample")
@@ -193,5 +270,5 @@ def plan_sample(workload: Workload, workers: list[WorkerInfo], mode: str = "auto
         return cfg or (batch or _single(workload, main, "CFG parallel asked for, but cfg is 1 (no uncond pass)"))
     hybrid = _cfg_sequence(workload, usable, main)
     # order = preference on ties
-    candidates = [single] + [p for p in (batch, cfg, sequence, hybrid, patch) if p is not None]
+    candidates = [single] + [p for p in (batch, cfg, sequence, hybrid) if p is not None] + patches
     return min(candidates, key=lambda p: p.cost)
