@@ -1,7 +1,8 @@
 """Batch x patch and CFG x patch (the UNet hybrids) give one device's final latent: the batch rows split
 over groups of CPU worker processes, each group patch-splitting its rows' latent rows over its members
 (4 workers, batch 2: two pairs; batch 3: 2 rows on one pair and 1 on the other; 3 workers, batch 2
-at cfg 5: one worker alone and a pair), and cond / uncond on two patch-split pairs (4 workers, batch 1).
+at cfg 5: one worker alone and a pair), and cond / uncond on two patch-split pairs (4 workers, batch 1); a member killed mid-prompt: the job
+reruns once on one worker.
 Unequal group shares come from the planner's speeds (`Engine(speeds=...)`), not from slower workers."""
 
 from __future__ import annotations
@@ -112,3 +113,28 @@ def test_auto_takes_batch_patch_for_a_large_batch_of_two_and_batch_split_for_sma
     small = sd1_job(batch=2, cfg=1.0, sampler="euler", steps=1, rows=16)
     assert_same(engine.sample(unet, small), reference_engine.sample(unet, small))
     assert engine.last_plan.strategy == "batch"
+
+
+def test_a_member_killed_mid_prompt_the_job_reruns_once_on_one_worker(four_workers, reference_engine, unet,
+                                                                      sd1_job):
+    """Worker 3 (second pair) killed at step 2: its partner's exchange fails, every group is dropped and
+    the whole job reruns on one live worker, giving the one-device latent; a later job opens fresh groups."""
+    import os
+    import signal
+
+    engine = Engine(four_workers, parallel="patch")
+    job = sd1_job(batch=2, cfg=1.0, sampler="euler", steps=12)
+    pid = four_workers.call(3, "ping").result()["pid"]
+    restarts = four_workers.restarts[3]
+    events: list[tuple[int, str, int]] = []
+
+    def progress(event: dict) -> None:
+        events.append((event["worker"], event["strategy"], event["value"]))
+        if event["strategy"] == "batch_patch" and event["value"] == 2 and four_workers.restarts[3] == restarts:
+            os.kill(pid, signal.SIGKILL)
+
+    result = engine.sample(unet, job, progress=progress)
+    assert engine.last_plan.strategy == "batch_patch"
+    assert four_workers.restarts[3] == restarts + 1
+    assert events[-1][1:] == ("single", 12) and events[-1][0] != 3          # the rerun ran every step
+    assert_same(result, reference_engine.sample(unet, job))
