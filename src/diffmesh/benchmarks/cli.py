@@ -5,6 +5,9 @@ Setups run one after another (never at once, so each has the machine to itself):
   multi   N workers, the same threads each                   cfg / batch / queue / patch parallel
   wide    1 worker with N x threads (CPU only)               "one process using every core"
 Ratios: speed-up = reference time / parallel time; efficiency = speed-up / N.
+costmodel (only when named in --scenarios): N fresh workers run every strategy that applies to one
+image of the model, beside the cost model's prediction from measured compute and link figures
+(`benchmarks.costmodel`); `--checkpoint` may be a Flux transformer file with `--family flux`.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 SCENARIOS = ("latency", "batch", "queue", "wide", "patch")
+EXTRA = ("costmodel",)      # asked for by name only: its own workers, every strategy of one model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint file (default: .cache/sd15-random.safetensors, made if missing)")
+                        help="checkpoint file (default: .cache/sd15-random.safetensors, made if missing); "
+                             "costmodel also takes a Flux transformer file (--family flux)")
     parser.add_argument("--family", default="sd1", help="model family of the checkpoint")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="worker device kind")
+    parser.add_argument("--cpu", dest="device", action="store_const", const="cpu", help="same as --device cpu")
     parser.add_argument("--workers", type=int, default=2, help="number of workers in the parallel setup")
     parser.add_argument("--threads-per-worker", type=int, default=1, help="torch threads per CPU worker")
     parser.add_argument("--size", type=int, default=256, help="image size in pixels (square)")
@@ -35,8 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=2, help="batch size of the batch scenario")
     parser.add_argument("--prompts", type=int, default=4, help="prompts in the queue scenario")
     parser.add_argument("--clients", type=int, default=2, help="client threads sending the queue prompts")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="costmodel: rounds over the strategies (alternating; the best round counts)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated subset of {','.join(SCENARIOS)}")
+                        help=f"comma-separated subset of {','.join(SCENARIOS + EXTRA)} (costmodel: only when named)")
     parser.add_argument("--out", default="bench/results/multidevice.json", help="JSON file to write")
 
 
@@ -125,9 +133,10 @@ def run(args: argparse.Namespace) -> int:
     from diffmesh.benchmarks.harness import Workload
 
     wanted = {s.strip() for s in args.scenarios.split(",") if s.strip()}
-    unknown = wanted - set(SCENARIOS)
+    unknown = wanted - set(SCENARIOS + EXTRA)
     if unknown:
-        print(f"diffmesh bench: unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}", file=sys.stderr)
+        print(f"diffmesh bench: unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS + EXTRA}",
+              file=sys.stderr)
         return 2
     n = args.workers
     work = Workload(checkpoint=_checkpoint(args), family=args.family, size=args.size, steps=args.steps,
@@ -137,13 +146,24 @@ def run(args: argparse.Namespace) -> int:
     devices = ["cpu"] * n if cpu else [f"cuda:{i}" for i in range(n)]
     started = time.time()
     results: dict[str, Any] = {}
-    _run_setup("base", devices[:1], threads, work, args, wanted, results)
-    _run_setup("multi", devices, threads, work, args, wanted, results)
+    load_before = os.getloadavg()
+    if wanted - set(EXTRA):
+        _run_setup("base", devices[:1], threads, work, args, wanted, results)
+        _run_setup("multi", devices, threads, work, args, wanted, results)
     if cpu and "wide" in wanted:
         _run_setup("wide", ["cpu"], threads * n, work, args, wanted, results)
+    summary = _summary(results, n)
+    if "costmodel" in wanted:
+        from diffmesh.benchmarks.costmodel import run_costmodel, summary as costmodel_summary
+
+        print(f"[costmodel] {n} worker(s), {args.device}, {args.size}px, {args.steps} steps, cfg {args.cfg}",
+              file=sys.stderr, flush=True)
+        results["costmodel"] = run_costmodel(work, args.device, n, threads, args.repeats)
+        summary["costmodel"] = costmodel_summary(results["costmodel"])
     report = {"machine": _machine(), "workload": work.__dict__, "workers": n, "batch": args.batch,
               "prompts": args.prompts, "clients": args.clients, "started": started,
-              "wall_s": round(time.time() - started, 1), "results": results, "summary": _summary(results, n)}
+              "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
+              "wall_s": round(time.time() - started, 1), "results": results, "summary": summary}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))

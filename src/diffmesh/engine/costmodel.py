@@ -23,7 +23,10 @@ A = activations estimate, bw = link bytes/s; one forward per step, cond+uncond b
   cfg_sequence  t/N + sequence exchanges over N/2            (cfg != 1, 4+ devices) needs S + A/N
   patch         t/N + attention layers x 2 act (N-1)/N / peer_bw + halos (S7's exact UNet patch
                 parallel: full keys/values gathered per attention layer)   needs S + A/N
-Every exchange also costs `latency` per collective. Kernel efficiency falling on small shards is
+Every exchange also costs `latency` per collective. A split divides only the part of t that
+grows with the work: `DeviceFacts.fixed_s` (measured by `diffmesh bench --scenarios costmodel` as
+one forward at the smallest latent; 0 in the documented table) is paid whole by every member, so
+t/N above reads fixed + (t - fixed)/N. Kernel efficiency falling on small shards beyond that is
 not modelled, so splits are predicted optimistic where per-device work gets small.
 Activations: `activation_bytes` estimates the peak from the hidden state size times a per-family
 factor (`ACTIVATION_FACTOR`: not measured per run).
@@ -89,6 +92,7 @@ class DeviceFacts:
     latency: float = 30e-6
     overlap: float = 1.0           # share of gathers hidden behind compute by prefetch (1 on CUDA)
     step_s: float | None = None    # measured forward time (overrides flops)
+    fixed_s: float = 0.0           # per-forward time a split does not divide (dispatch, per-layer calls)
 
 
 @dataclass
@@ -142,6 +146,12 @@ def _compute(model: ModelFacts, device: DeviceFacts) -> float:
     return device.step_s if device.step_s is not None else model.flops / device.flops
 
 
+def _share(t: float, n: int, device: DeviceFacts) -> float:
+    """One member's compute when `n` split a forward of `t` seconds: the fixed part stays whole."""
+    fixed = min(device.fixed_s, t)
+    return fixed + (t - fixed) / n
+
+
 def _xfer(nbytes: float, bw: float, count: int, latency: float) -> float:
     return nbytes / bw + count * latency
 
@@ -173,7 +183,7 @@ def predict(model: ModelFacts, device: DeviceFacts, n: int, cfg: float = 1.0) ->
     if n < 2:
         return out
     dit = model.kind == "dit"
-    compute = t / n + _sequence_comm(model, device, n) if dit else t
+    compute = _share(t, n, device) + _sequence_comm(model, device, n) if dit else t
     gather = _xfer(s * (n - 1) / n, device.peer_bw, blocks, device.latency)
     shard = max(compute, gather) + (1.0 - device.overlap) * min(compute, gather)
     add("shard", n, shard, s / n + kept + 2 * block + (a / n if dit else a),
@@ -181,15 +191,16 @@ def predict(model: ModelFacts, device: DeviceFacts, n: int, cfg: float = 1.0) ->
     hops = _xfer(blocks * model.hidden_bytes * (n - 1), device.peer_bw, blocks, device.latency)
     add("layersplit", n, t + hops, s / n + kept + a, "serial: one device computes at a time")
     if dit:
-        add("sequence", n, t / n + _sequence_comm(model, device, n), s + a / n)
+        add("sequence", n, _share(t, n, device) + _sequence_comm(model, device, n), s + a / n)
     if cfg != 1.0 and n >= 2:
-        add("cfg", 2, t / 2 + _xfer(model.hidden_bytes, device.peer_bw, 1, device.latency), s + a / 2)
+        add("cfg", 2, _share(t, 2, device) + _xfer(model.hidden_bytes, device.peer_bw, 1, device.latency),
+            s + a / 2)
     if cfg != 1.0 and dit and n >= 4:
-        add("cfg_sequence", n, t / n + _sequence_comm(model, replace(device), n // 2), s + a / n)
+        add("cfg_sequence", n, _share(t, n, device) + _sequence_comm(model, replace(device), n // 2), s + a / n)
     if not dit:
         comm = _xfer(model.attention_layers * 2 * model.hidden_bytes * (n - 1) / n, device.peer_bw,
                      model.attention_layers + 2 * blocks, device.latency)
-        add("patch", n, t / n + comm, s + a / n, "exact patch parallel (parallel/patch.py)")
+        add("patch", n, _share(t, n, device) + comm, s + a / n, "exact patch parallel (parallel/patch.py)")
     return out
 
 

@@ -225,6 +225,13 @@ class Worker:
     def destroy_process_group(self, name: str) -> None:
         self._groups.pop(name, None)
 
+    def probe_link(self, name: str, sizes: list[int], repeats: int) -> dict[str, list[float]]:
+        """Time all-gathers in group `name` (every member at once): `diffmesh bench`'s link figures."""
+        from diffmesh.benchmarks.link import probe
+
+        group, backend = self._group(name)
+        return probe(group, group.size(), tuple(sizes), repeats, on_device=backend == "nccl")
+
     def measure_speed(self, seconds: float = 0.3) -> float:
         """Relative speed for the planner: convolutions per second at a UNet-like shape."""
         import time
