@@ -29,6 +29,16 @@ def finish_decode(out: torch.Tensor) -> torch.Tensor:
     return ((out + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).contiguous()
 
 
+def crop_to_multiple(pixels: torch.Tensor, d: int) -> torch.Tensor:
+    """Images (B,H,W,C) centre-cropped to multiples of `d` (the downscale factor), as ComfyUI encodes."""
+    h, w = pixels.shape[1], pixels.shape[2]
+    hh, ww = (h // d) * d, (w // d) * d
+    if (hh, ww) == (h, w):
+        return pixels
+    y0, x0 = (h % d) // 2, (w % d) // 2
+    return pixels[:, y0:y0 + hh, x0:x0 + ww, :]
+
+
 class VAE(DeviceAndDtype, nn.Module):
     """Wraps a diffusers AutoencoderKL built from an original-layout VAE."""
 
@@ -89,14 +99,7 @@ class VAE(DeviceAndDtype, nn.Module):
         return blend(plan, dict(enumerate(self.run_tiles(pixels, plan.jobs(), encode=True))))
 
     def crop_to_scale(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Images (B,H,W,C) centre-cropped to multiples of the downscale factor, as ComfyUI encodes."""
-        d = self.downscale
-        h, w = pixels.shape[1], pixels.shape[2]
-        hh, ww = (h // d) * d, (w // d) * d
-        if (hh, ww) == (h, w):
-            return pixels
-        y0, x0 = (h % d) // 2, (w % d) // 2
-        return pixels[:, y0:y0 + hh, x0:x0 + ww, :]
+        return crop_to_multiple(pixels, self.downscale)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:

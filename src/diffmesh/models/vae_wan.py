@@ -184,18 +184,18 @@ class WanVAE(DeviceAndDtype, nn.Module):
         flat = feathered_tiles(z.reshape(b, c * t, h, w), decode_piece, (tile, tile), ov, self.downscale, 3 * frames)
         return self._to_images(flat.reshape(b, 3, frames, *flat.shape[-2:]))
 
+    def crop_to_scale(self, pixels: torch.Tensor) -> torch.Tensor:
+        from diffmesh.models.vae import crop_to_multiple
+
+        return crop_to_multiple(pixels, self.downscale)        # centred, as ComfyUI
+
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Frames (N, H, W, 3) of one video -> latent mean (1, C, 1 + (N-1)//4, H/d, W/d), d = 8 (16 for
         Wan 2.2); frames go to the device one causal chunk at a time (1, then 4 each)."""
         from diffusers.models.autoencoders.autoencoder_kl_wan import patchify
 
-        d = self.downscale
-        h, w = pixels.shape[1], pixels.shape[2]
-        hh, ww = (h // d) * d, (w // d) * d
-        if (hh, ww) != (h, w):
-            y0, x0 = (h % d) // 2, (w % d) // 2                           # centered crop, as ComfyUI
-            pixels = pixels[:, y0:y0 + hh, x0:x0 + ww, :]
+        pixels = self.crop_to_scale(pixels)
         ae, cache, outs = self.autoencoder, self._caches("encoder"), []
         n = pixels.shape[0]
         for i in range(1 + (n - 1) // 4):

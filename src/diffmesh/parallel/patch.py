@@ -277,18 +277,21 @@ def _is_self_attention(module: nn.Module) -> bool:
 
 
 def _swaps(root: nn.Module, shard: PatchShard) -> list[tuple[nn.Module, str, nn.Module, nn.Module]]:
-    """(parent, child name, original, wrapper) for every convolution and GroupNorm to wrap."""
+    """(parent, child name, original, wrapper) for every convolution and GroupNorm to wrap, and the
+    Wan video VAE's own layers (`parallel.patch_wan`)."""
+    from diffmesh.parallel.patch_wan import hand_padded, wan_swaps
+
     out = []
     for parent in root.modules():
-        hand_padded = (type(parent).__name__ == "Downsample2D" and getattr(parent, "use_conv", False)
-                       and getattr(parent, "padding", None) == 0)
+        downsample = (type(parent).__name__ == "Downsample2D" and getattr(parent, "use_conv", False)
+                      and getattr(parent, "padding", None) == 0)
         for name, child in parent.named_children():
             if isinstance(child, nn.Conv2d) and (child.kernel_size[0] > 1 or child.stride[0] > 1):
-                extra = 1 if hand_padded and name == "conv" else 0
+                extra = 1 if (downsample and name == "conv") or hand_padded(parent, name) else 0
                 out.append((parent, name, child, HaloConv2d(child, shard, extra)))
             elif isinstance(child, nn.GroupNorm):
                 out.append((parent, name, child, GlobalGroupNorm(child, shard)))
-    return out
+    return out + wan_swaps(root, shard)
 
 
 @contextlib.contextmanager

@@ -5,10 +5,11 @@ dealt out over the workers (`models.vae_tiles`: every tile is computed as on one
 blend happens once, here, so the result is the one-device tiled result).
 
 When (`run_vae`): the scope has two or more workers, the VAE has no pinned device, it is an SD / SDXL
-/ Flux AutoencoderKL (the Wan / Qwen-Image video VAE is left alone), and `--parallel` is auto or
-patch (tiles also under batch). Bands: a single image (auto; any batch under patch) with at least
-MIN_PATCH_ROWS latent rows per worker in auto. Otherwise the engine's batch split or one worker runs
-it (None is returned).
+/ Flux AutoencoderKL or the Wan video VAE (Wan 2.1 / 2.2, Qwen-Image: bands of rows over every frame,
+`parallel.patch_wan`; its tiled decode stays on one worker), and `--parallel` is auto or patch (tiles
+also under batch). Bands: a single image or video (auto; any batch under patch) with at least
+MIN_PATCH_ROWS latent rows per worker in auto (MIN_VIDEO_ROWS for the video VAE, whose every row costs
+all the frames' work). Otherwise the engine's batch split or one worker runs it (None is returned).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from diffmesh.errors import WorkerDied
 from diffmesh.parallel.request import plain_handle
 
 VAE_FAMILIES = ("sd1", "sd2", "sd2v", "sdxl", "flux")     # AutoencoderKL VAEs (models.vae.VAE)
-VAE_SCALE = 8                                              # their pixel-to-latent factor
+VIDEO_VAE_FAMILIES = ("wan21", "wan22", "qwenimage")       # the Wan causal 3-D VAE (models.vae_wan.WanVAE)
+VAE_SCALE = 8                                              # their pixel-to-latent factor (Wan 2.2: 16)
+MIN_VIDEO_ROWS = 8                                         # latent rows per worker for the video VAE in auto
 log = logging.getLogger("diffmesh.parallel.patch_vae")
 
 
@@ -36,16 +39,21 @@ def run_vae(scope: Any, vae: Any, tensor: torch.Tensor, tiling: dict | None, enc
     """Decode (latents) or encode (images) spread over the scope's workers, or None when this does
     not apply (see the module doc)."""
     mode = scope.root.parallel
-    if (len(scope.worker_ids) < 2 or vae.device not in (None, "", "default") or vae.family not in VAE_FAMILIES
-            or tensor.ndim != 4 or mode not in ("auto", "patch", "batch")):
+    video = vae.family in VIDEO_VAE_FAMILIES
+    image = vae.family in VAE_FAMILIES and tensor.ndim == 4
+    if (len(scope.worker_ids) < 2 or vae.device not in (None, "", "default") or not (image or video)
+            or mode not in ("auto", "patch", "batch")):
         return None
     workers = _workers(scope, vae)
     if tiling:
-        return _spread_tiles(scope, vae, tensor, tiling, encode, workers)
-    if mode == "batch" or (mode == "auto" and tensor.shape[0] > 1):
+        return _spread_tiles(scope, vae, tensor, tiling, encode, workers) if image else None
+    items = 1 if video and encode else tensor.shape[0]       # a video encode's images are one clip's frames
+    if mode == "batch" or (mode == "auto" and items > 1):
         return None
-    rows = tensor.shape[1] // VAE_SCALE if encode else tensor.shape[-2]
-    count = min(len(workers), rows // (MIN_PATCH_ROWS if mode == "auto" else 1))
+    # latent rows (an encode counts the Wan 2.2 VAE's 16 pixel rows per latent row for every video VAE)
+    rows = tensor.shape[1] // (2 * VAE_SCALE if video else VAE_SCALE) if encode else tensor.shape[-2]
+    minimum = (MIN_VIDEO_ROWS if video else MIN_PATCH_ROWS) if mode == "auto" else 1
+    count = min(len(workers), rows // minimum)
     if count < 2:
         return None
     return _split_bands(scope, vae, tensor, encode, workers[:count])
