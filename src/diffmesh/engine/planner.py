@@ -21,6 +21,8 @@ unit speed" and the cheapest wins; ties go to the simpler strategy:
             bands, plus the patch overhead of its size. Every group count from 2 up is tried.
   cfg_patch: (SD UNets, cfg != 1, 4+ workers) cond on one half, uncond on the other, each half
             patch-split: the UNet twin of cfg_sequence.
+`--parallel sequence` takes the cheaper of sequence and cfg_sequence, `--parallel patch` the cheapest
+of patch, batch_patch and cfg_patch (there any whole band goes, not only MIN_PATCH_ROWS rows).
 Memory (`--parallel shard|layersplit`, or `auto` through `engine.explain.memory_plan` when the model
 does not fit a worker's budget): every worker of the scope, the main one as rank 0 (`_pooled`).
 """
