@@ -14,6 +14,7 @@ from below what the part would take on a quiet machine (waiting in an exchange i
     python bench/patch.py                                   # 1024, 2 steps, 1 repeat
     python bench/patch.py --sizes 512 --steps 1             # a short check
     python bench/patch.py --sizes 1024 --steps 2 --repeats 2 --out bench/results/patch.json
+    python bench/patch.py --skip-sd --wan-vae 240 416 2   # the Wan 2.1 VAE: a 5-frame 240x416 clip
 
 Memory: each worker holds the fp32 UNet and VAE (about 3.7 GB), so about 8 GB in all.
 Output: JSON on stdout and in bench/results/patch.json (or --out).
@@ -90,6 +91,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--cfg", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--wan-vae", type=int, nargs=3, default=None, metavar=("H", "W", "LATENT_FRAMES"),
+                    help="also the full-size random Wan 2.1 VAE's decode of one clip (H x W pixels), 1 vs 2 workers")
+    ap.add_argument("--skip-sd", action="store_true", help="only the --wan-vae measurement")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "patch.json"))
     a = ap.parse_args()
 
@@ -110,10 +114,11 @@ def main() -> int:
         one, two = Engine(executor, parallel="none"), Engine(executor, parallel="patch")
         unet, vae = (ModelHandle(str(CHECKPOINT), c, "sd1") for c in ("unet", "vae"))
         started = time.perf_counter()
-        two.sample(unet, _job(256, 1, 1.0))                 # load the UNet on both workers first
-        two.vae_decode(vae, torch_zeros((1, 4, 32, 32)))     # and the VAE
+        if not a.skip_sd:
+            two.sample(unet, _job(256, 1, 1.0))             # load the UNet on both workers first
+            two.vae_decode(vae, torch_zeros((1, 4, 32, 32)))  # and the VAE
         print(f"warm-up (loading on both workers) {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
-        for size in a.sizes:
+        for size in ([] if a.skip_sd else a.sizes):
             job = _job(size, a.steps, a.cfg)
             runs = {"1 worker": [], "2 workers": []}
             for _ in range(a.repeats):
@@ -138,9 +143,10 @@ def main() -> int:
                 "speedup_decode": round(best("1 worker", "decode_s") / best("2 workers", "decode_s"), 3),
                 "speedup_decode_cpu": round(best("1 worker", "cpu_decode_s") / best("2 workers", "cpu_decode_s"), 3),
                 "speedup_image": round(best("1 worker", "image_s") / best("2 workers", "image_s"), 3)})
+        wan = _wan_vae(one, two, a.wan_vae, a.repeats) if a.wan_vae else None
     finally:
         executor.shutdown(timeout=10)
-    result = {"benchmark": "patch", "model": "sd15-random (full-size SD1.5 UNet and VAE, fp32 on CPU)",
+    result = {"benchmark": "patch", "wan_vae": wan, "model": "sd15-random (full-size SD1.5 UNet and VAE, fp32 on CPU)",
               "workers": "one torch thread each",
               "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before,
                           "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
@@ -149,6 +155,35 @@ def main() -> int:
     Path(a.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return 0
+
+
+def _wan_vae(one, two, shape: list[int], repeats: int) -> dict:
+    """The Wan 2.1 VAE's decode of one (1, 16, T, H/8, W/8) clip on 1 worker and in bands on 2 (alternating)."""
+    import torch
+
+    from diffmesh.models.handle import ModelHandle
+
+    path = REPO / ".cache" / "dit" / "wan21-vae-random.safetensors"
+    if not path.exists():
+        raise SystemExit(f"missing {path}: /work/shared/reference/make_dit_random.py writes it (wan21vae)")
+    h, w, frames = shape
+    vae = ModelHandle(str(path), "vae", "wan21")
+    latent = torch.randn(1, 16, frames, h // 8, w // 8, generator=torch.Generator().manual_seed(0))
+    two.vae_decode(vae, latent[:, :, :1, :16, :16])                      # load on both workers
+    runs: dict[str, list] = {"1 worker": [], "2 workers": []}
+    images = {}
+    for _ in range(repeats):
+        for name, engine in (("1 worker", one), ("2 workers", two)):
+            pids = [engine.root.executor.pid(x) for x in engine.root.infos]
+            cpu, start = [_cpu_seconds(p) for p in pids], time.perf_counter()
+            images[name] = engine.vae_decode(vae, latent)
+            runs[name].append({"decode_s": round(time.perf_counter() - start, 2),
+                               "cpu_decode_s": round(max(_cpu_seconds(p) - c for p, c in zip(pids, cpu)), 2)})
+            print(f"[wan vae {h}x{w}x{frames}] {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
+    best = {k: min(r["decode_s"] for r in v) for k, v in runs.items()}
+    return {"size": [h, w], "latent_frames": frames, "frames": images["1 worker"].shape[0], "runs": runs,
+            "relative_difference_2_vs_1": _relative(images["2 workers"], images["1 worker"]),
+            "speedup_decode": round(best["1 worker"] / best["2 workers"], 3)}
 
 
 def torch_zeros(shape: tuple[int, ...]):
