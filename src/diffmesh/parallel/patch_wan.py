@@ -42,9 +42,18 @@ class HaloCausalConv3d(nn.Module):
         if cache_x is not None and padding[4] > 0:        # the causal cache replaces time padding
             x = torch.cat([cache_x.to(x.device), x], dim=2)
             padding[4] -= cache_x.shape[2]
-        x = self.shard.halo(x, self.rows, self.rows)       # neighbours' rows, zeros at the image edges
-        padding[2] = padding[3] = 0
-        return nn.Conv3d.forward(conv, F.pad(x, padding))  # the layer's own padding attribute is (0, 0, 0)
+        above, below = self.shard.halo_rows(x, self.rows, self.rows)
+        # one padded copy, as the layer's own F.pad makes: width and time padding zeros, the halo rows
+        # from the neighbours (zeros at the image's top and bottom)
+        b, c, t, h, w = x.shape
+        r, left, front = self.rows, padding[0], padding[4]
+        padded = x.new_zeros((b, c, front + t, h + 2 * r, w + padding[0] + padding[1]))
+        padded[:, :, front:, r:r + h, left:left + w] = x
+        if above is not None:
+            padded[:, :, front:, :r, left:left + w] = above
+        if below is not None:
+            padded[:, :, front:, r + h:, left:left + w] = below
+        return nn.Conv3d.forward(conv, padded)            # the layer's own padding attribute is (0, 0, 0)
 
 
 class BandWanAttention(nn.Module):
