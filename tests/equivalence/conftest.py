@@ -45,6 +45,16 @@ def three_workers():
     executor.shutdown(timeout=5)
 
 
+@pytest.fixture(scope="module")
+def four_workers():
+    """Four CPU worker processes with one torch thread each: the hybrids (cfg x sequence, batch x patch)."""
+    executor = MultiProcessExecutor([WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(4)],
+                                    start_timeout=180)
+    executor.start()
+    yield executor
+    executor.shutdown(timeout=5)
+
+
 @pytest.fixture(scope="session", params=["inproc", "multiproc", "ray"])
 def backend_workers(request, two_workers, tmp_path_factory):
     """Two one-thread CPU workers behind each executor backend: in this process (threads), child

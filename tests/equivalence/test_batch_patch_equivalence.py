@@ -11,8 +11,6 @@ import pytest
 import torch
 
 from diffmesh.engine.engine import Engine, EngineScope
-from diffmesh.executors.base import WorkerSpec
-from diffmesh.executors.multiproc import MultiProcessExecutor
 from diffmesh.models.handle import ModelHandle
 from diffmesh.sampling.job import SampleJob
 
@@ -23,15 +21,6 @@ def assert_same(actual: torch.Tensor, expected: torch.Tensor, tolerance: float =
     relative = ((actual - expected).norm() / expected.norm()).item()
     print(f"relative L2 difference {relative:.2e}")
     assert relative < tolerance, f"relative L2 difference {relative:.2e}"
-
-
-@pytest.fixture(scope="module")
-def four_workers():
-    executor = MultiProcessExecutor([WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(4)],
-                                    start_timeout=180)
-    executor.start()
-    yield executor
-    executor.shutdown(timeout=5)
 
 
 @pytest.fixture(scope="module")

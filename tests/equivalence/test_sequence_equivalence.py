@@ -9,8 +9,6 @@ import pytest
 import torch
 
 from diffmesh.engine.engine import Engine
-from diffmesh.executors.base import WorkerSpec
-from diffmesh.executors.multiproc import MultiProcessExecutor
 from diffmesh.models.handle import ModelHandle
 from diffmesh.parallel.request import with_parallel_request
 from diffmesh.sampling.job import SampleJob
@@ -90,15 +88,6 @@ def test_node_request_and_planner_choose_sequence(two_workers, reference_engine,
     assert_same_latent(result, reference_engine.sample(flux, big))
     auto.sample(flux, _job(flux, steps=1))             # 35 tokens: not worth splitting
     assert auto.last_plan.strategy == "single"
-
-
-@pytest.fixture(scope="module")
-def four_workers():
-    executor = MultiProcessExecutor([WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(4)],
-                                    start_timeout=120)
-    executor.start()
-    yield executor
-    executor.shutdown(timeout=5)
 
 
 @pytest.mark.parametrize("family", ["flux", "zimage"])
