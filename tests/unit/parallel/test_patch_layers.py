@@ -5,35 +5,21 @@ its own padding, edge rows recomputed from halo slabs), short ones the padded-co
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
+from group_threads import run_group
 from torch import nn
 
-from diffmesh.parallel.cfg import free_port, open_group
 from diffmesh.parallel.patch import GlobalGroupNorm, HaloConv2d, PatchShard
 
 
 def _bands(world: int, x: torch.Tensor, align: int, layer) -> list[torch.Tensor]:
     """layer(shard) applied on each rank's band of `x` (rows split as the engine splits them)."""
-    init, out, errors = f"tcp://127.0.0.1:{free_port()}", [None] * world, []
-
-    def member(rank: int):
-        try:
-            shard = PatchShard(open_group(rank, world, init, "patch-layers", 30.0), rank, world)
-            with torch.no_grad():
-                out[rank] = layer(shard)(shard.split(x, align))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-    threads = [threading.Thread(target=member, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    if errors:
-        raise errors[0]
-    return out
+    def member(rank: int, group) -> torch.Tensor:
+        shard = PatchShard(group, rank, world)
+        with torch.no_grad():
+            return layer(shard)(shard.split(x, align))
+    return run_group(world, member)
 
 
 CONVS = {   # kernel, stride, padding, dilation: the UNet's and VAE's convolutions, and wider ones

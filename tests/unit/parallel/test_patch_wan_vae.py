@@ -6,14 +6,13 @@ several latent frames so the caches are used)."""
 from __future__ import annotations
 
 import copy
-import threading
 
 import pytest
 import torch
+from group_threads import run_group
 
 from diffmesh.models import testmodels_dit
 from diffmesh.models.vae_wan import build_wan_vae
-from diffmesh.parallel.cfg import free_port, open_group
 from diffmesh.parallel.patch import PatchShard, decode_band, encode_band
 
 
@@ -24,22 +23,8 @@ def vae(request):
 
 def _on_bands(world: int, vae, fn) -> list[torch.Tensor]:
     """fn(own copy of the VAE, shard) per rank: each thread puts its band wrappers on its own copy."""
-    init, out, errors = f"tcp://127.0.0.1:{free_port()}", [None] * world, []
     copies = [copy.deepcopy(vae) for _ in range(world)]
-
-    def member(rank: int):
-        try:
-            out[rank] = fn(copies[rank], PatchShard(open_group(rank, world, init, "wan-bands", 30.0), rank, world))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-    threads = [threading.Thread(target=member, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    if errors:
-        raise errors[0]
-    return out
+    return run_group(world, lambda rank, group: fn(copies[rank], PatchShard(group, rank, world)))
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:

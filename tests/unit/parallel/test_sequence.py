@@ -3,15 +3,13 @@ the attention exchange over a real gloo group between threads, and the planner's
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 import torch.nn.functional as F
+from group_threads import run_group
 
 from diffmesh.engine.placement import WorkerInfo
 from diffmesh.engine.planner import MIN_SEQUENCE_TOKENS, Workload, plan_sample
-from diffmesh.parallel.cfg import free_port, open_group
 from diffmesh.parallel.sequence import SequenceShard, merge_partials, split_sizes, _partial_attention
 
 
@@ -30,26 +28,6 @@ def test_ring_merge_of_key_blocks_equals_attention_over_all_keys():
     assert (merged - expected).abs().max().item() < 1e-6
 
 
-def _run_group(world: int, fn):
-    """fn(shard) on `world` threads joined by a gloo group; returns the results by rank."""
-    init, out = f"tcp://127.0.0.1:{free_port()}", [None] * world
-    errors = []
-
-    def member(rank: int):
-        try:
-            out[rank] = fn(rank, open_group(rank, world, init, "test", 30.0))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-    threads = [threading.Thread(target=member, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    if errors:
-        raise errors[0]
-    return out
-
-
 @pytest.mark.parametrize("world,mode,heads", [(2, "ulysses", 4), (3, "ulysses", 5), (3, "ring", 2), (2, "ring", 3)])
 def test_joint_attention_over_split_image_rows_equals_whole_sequence(world, mode, heads):
     """Text rows (replicated) + image rows split unevenly: every worker gets the text rows and
@@ -65,7 +43,7 @@ def test_joint_attention_over_split_image_rows_equals_whole_sequence(world, mode
         out = shard.attend(*local, replicated=text)
         return out[:, :, :text], shard.gather(out[:, :, text:], dim=2)
 
-    results = _run_group(world, member)
+    results = run_group(world, member)
     for text_rows, image_rows in results:
         assert torch.equal(text_rows, results[0][0])
         assert (text_rows - expected[:, :, :text]).abs().max().item() < 1e-5
@@ -77,7 +55,7 @@ def test_too_few_tokens_for_the_workers_says_so():
         with pytest.raises(ValueError, match="2 image tokens cannot be split over 3 workers"):
             SequenceShard(group, rank, 3).split(torch.zeros(1, 2, 4))
         return True
-    assert all(_run_group(3, member))
+    assert all(run_group(3, member))
 
 
 def _workers(n: int) -> list[WorkerInfo]:
