@@ -28,8 +28,12 @@ grows with the work: `DeviceFacts.fixed_s` (measured by `diffmesh bench --scenar
 one forward at the smallest latent; 0 in the documented table) is paid whole by every member, so
 t/N above reads fixed + (t - fixed)/N. Kernel efficiency falling on small shards beyond that is
 not modelled, so splits are predicted optimistic where per-device work gets small.
-Activations: `activation_bytes` estimates the peak from the hidden state size times a per-family
-factor (`ACTIVATION_FACTOR`: not measured per run).
+Activations (A): `ModelFacts.activation_bytes` is the peak one forward allocates beyond its weights,
+measured per family and resolution (`engine.activations`: a table fitted by bench/activations.py from
+sampler steps of random-weight models at several widths and sizes, rows (a T W + b T^2 + c W) + d W^2,
+scaled so that every measured peak lies under it). Facts without a family, token count and width,
+or a family not in the table, fall back to the hidden state times a per-kind factor
+(`ACTIVATION_FACTOR`: an estimate, not measured).
 """
 
 from __future__ import annotations
@@ -69,6 +73,11 @@ class ModelFacts:
     flops: float                   # one forward, this resolution, batch rows included
     hidden_bytes: int              # the state passed between blocks (all rows)
     attention_layers: int = 0
+    family: str = ""               # for the measured activation table (engine.activations); "" = estimate
+    tokens: int = 0                # latent pixels (UNet) or image patches (transformer), per row
+    width: int = 0                 # model_channels (UNet) or hidden size (transformer)
+    rows: int = 1
+    bytes_per: int = 4
 
     @property
     def max_block(self) -> int:
@@ -80,6 +89,13 @@ class ModelFacts:
 
     @property
     def activation_bytes(self) -> int:
+        """Measured per family and resolution where the table has the family, else the factor estimate."""
+        if self.family and self.tokens and self.width:
+            from diffmesh.engine.activations import activation_bytes
+
+            measured = activation_bytes(self.family, self.width, self.tokens, self.rows, self.bytes_per)
+            if measured is not None:
+                return measured
         return int(self.hidden_bytes * ACTIVATION_FACTOR.get(self.kind, 16.0))
 
 
@@ -110,7 +126,7 @@ class Prediction:
 
 
 def model_facts_from_shapes(shapes: dict[str, tuple], bytes_per: int, kind: str, tokens: int, width: int,
-                            rows: int, attention_layers: int = 0) -> ModelFacts:
+                            rows: int, attention_layers: int = 0, family: str = "") -> ModelFacts:
     """Block sizes from tensor names (a block = a name up to its first index), FLOPs ~ 2 x params x tokens."""
     blocks: dict[str, int] = {}
     total = 0
@@ -125,7 +141,7 @@ def model_facts_from_shapes(shapes: dict[str, tuple], bytes_per: int, kind: str,
     if kind == "dit":
         flops += 4.0 * tokens * tokens * width * len(blocks) * rows
     return ModelFacts(kind, total, tuple(blocks.values()), flops, tokens * width * bytes_per * rows,
-                      attention_layers)
+                      attention_layers, family, tokens, width, rows, bytes_per)
 
 
 def model_facts(path: str, component_prefix: str | None, kind: str, tokens: int, width: int, rows: int,

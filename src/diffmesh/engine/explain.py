@@ -4,6 +4,8 @@
 model's inputs for this job (`engine.costmodel`): the model's facts from its file header, each
 worker's budget (`--vram-budget`, the workers' `settings`) and the documented device/link figures
 (`DEFAULT_FACTS`: a CPU worker's FLOP/s per thread and gloo's loopback speed, a CUDA device's).
+The facts carry the family, tokens, width and rows, so the activations that count against the
+budget come from the table measured per family and resolution (`engine.activations`).
 In `auto` mode, when the model plus its activations does not fit the main worker's budget and
 there are two or more workers, the fastest predicted of streamed (one worker), sharded and layer
 split that fits is chosen; a model that fits keeps the planner's choice. `--parallel X` and a
@@ -61,7 +63,8 @@ def job_facts(model: Any, job: Any, bytes_per: int) -> costmodel.ModelFacts:
         tokens = latent[-2] * latent[-1]
         width = part.get("input_blocks.0.0.weight", (320,))[0]
     layers = sum(1 for k in part if k.endswith("attn1.to_q.weight"))
-    return costmodel.model_facts_from_shapes(part, bytes_per, kind, tokens, width, rows, layers)
+    return costmodel.model_facts_from_shapes(part, bytes_per, kind, tokens, width, rows, layers,
+                                             getattr(model, "family", None) or "")
 
 
 def device_facts(device: str, threads: int, budget: float | None) -> costmodel.DeviceFacts:
