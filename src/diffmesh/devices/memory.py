@@ -320,6 +320,11 @@ class MemoryManager:
         entry = self._entries.get(handle)
         return entry.mode if entry else self._modes.get(handle, self.default_mode)
 
+    def layout_of(self, handle: Any) -> Any:
+        """The group layout `handle` is loaded with (`parallel.grouped`), else None."""
+        entry = self._entries.get(handle)
+        return entry.layout if entry else None
+
     def unload(self, handle: Any) -> None:
         with self._lock:
             entry = self._entries.get(handle)

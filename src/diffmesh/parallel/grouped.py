@@ -88,7 +88,7 @@ def run_grouped(memory: Any, handle: Any, build: Callable, fn: Callable[[Any], A
             raise DeviceOutOfMemory(f"another member of the {layout['kind']} group could not place its part of "
                                     f"{key}", where=where, fix=ADVICE)
         try:
-            return fn(component)
+            return fn(_pipelined(memory, key, component, layout))
         except torch.OutOfMemoryError as exc:
             raise DeviceOutOfMemory(f"out of memory during a {layout['kind']} step: {exc}", where=where,
                                     fix=ADVICE) from exc
@@ -99,6 +99,16 @@ def run_grouped(memory: Any, handle: Any, build: Callable, fn: Callable[[Any], A
         if not agreed[0]:                      # the partners wait in agree_placed: tell them
             agree_placed(group, False, on_device)
         raise
+
+
+def _pipelined(memory: Any, key: GroupedHandle, component: Any, layout: dict) -> Any:
+    """A layer-split member's model with calls of 2+ rows run as micro-batches (`parallel.pipeline`)."""
+    split = memory.layout_of(key) if layout["kind"] == "layersplit" else None
+    if split is None or not hasattr(split, "pipelined"):
+        return component
+    from diffmesh.parallel.pipeline import PipelineModel
+
+    return PipelineModel(component, split, layout.get("micro_batches"))
 
 
 # ------------------------------------------------------------------ engine side
@@ -114,13 +124,17 @@ def member_calls(scope: Any, model: Any, job: Any, plan: Any) -> list[tuple[int,
     root, workers = scope.root, tuple(plan.workers)
     weights = root.weight_groups.group(workers)
     shares: list[float] = []
+    extra: dict[str, Any] = {}
     if plan.strategy == "layersplit":
+        from diffmesh.parallel.pipeline import requested_micro_batches
+
         free = [root.executor.call(w, "memory_free").result() for w in workers]
         shares = [1.0] * len(workers) if any(f is None for f in free) else [max(float(f), 1.0) for f in free]
+        extra["micro_batches"] = requested_micro_batches()   # the same on every member: None = one per row
     calls = []
     for rank, worker in enumerate(workers):
         calls.append((worker, {"layout": {"kind": plan.strategy, "group": weights.group, "rank": rank,
-                                          "world": len(workers), "shares": shares}}))
+                                          "world": len(workers), "shares": shares, **extra}}))
     if plan.strategy == "shard" and image_tokens(model, job) >= len(workers):
         seq_group = root.sequence_groups.group(workers)
         for (worker, kwargs), (_, _, seq) in zip(calls, sequence_parallel.split_sequence(

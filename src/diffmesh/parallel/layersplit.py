@@ -8,26 +8,36 @@ its own range of blocks and everything outside the blocks (embeddings, buffers, 
 by every worker, because each member runs the model's forward code); the slots of the other workers'
 blocks hold one-element placeholders (meta tensors while such a block runs): no memory.
 
-Run (exact, single stream): every member runs the same forward. A block this worker owns computes
-and its output is broadcast from it to the other members; on the others the block's inputs are
-turned into meta tensors by a forward pre-hook (so the block's own code runs without data and yields
-the output's shapes and dtypes), and the forward hook replaces that meta output with the tensors
-received from the owner. All members end with the same activations, so skip connections (a UNet's)
-and non-block code need nothing special, and the result is one device's numbers exactly (each block
-runs once, on one worker, on the same inputs). Compute is serial: while one worker runs its range
-the others wait; pooled memory, not speed, is the point. The micro-batch pipeline (several prompts
-in flight keeping every worker busy) is not built.
-"""
+Run, one batch (exact, single stream): every member runs the same forward. A block this worker owns
+computes and its output is broadcast from it to the other members; on the others the block's inputs
+are turned into meta tensors by a forward pre-hook (so the block's own code runs without data and
+yields the output's shapes and dtypes), and the forward hook replaces that meta output with the
+tensors received from the owner. All members end with the same activations, so skip connections (a
+UNet's) and non-block code need nothing special, and the result is one device's numbers exactly
+(each block runs once, on one worker, on the same inputs). Compute is serial: while one worker runs
+its range the others wait.
 
+Run, 2+ rows (batch > 1 or cfg != 1; `parallel.pipeline`): the call is cut into micro-batches, each
+run as above in a thread of its own on every member, one computing at a time per worker; a block's
+output goes point to point from the owner to each other member (gloo send/recv, tagged by call,
+micro-batch and position, since several are in flight), and a thread waiting for one gives its
+worker to the next micro-batch. So worker r runs micro-batch m while worker r-1 runs m+1: every
+worker busy once the pipeline is full. On an NCCL group (which matches point-to-point messages by
+order, not tag) the forward stays serial. `stats()["pipeline"]` says what ran: serial and pipelined
+calls, the last call's micro-batches, and its owned blocks' start/end times (`time.monotonic`, one
+clock for every process of a host).
+"""
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Callable
 
 import torch
 from torch.utils import _pytree as pytree
 
 from diffmesh.devices import hooks
 from diffmesh.devices.offload import Block, Placement
+from diffmesh.parallel.pipeline import MicroBatchRun
 from diffmesh.parallel.shard import kept_names
 
 SPLIT_HOOK = "layersplit"
@@ -69,6 +79,12 @@ class LayerSplit:
         self.held = 0
         self.sent = 0
         self.received = 0
+        self.run: MicroBatchRun | None = None     # the pipelined call in progress, else None (serial)
+        self.pipelined_calls = 0
+        self.serial_calls = 0
+        self.last_call: dict[str, Any] = {}
+        self._sends: dict[int, list[tuple[Any, torch.Tensor]]] = {}   # micro-batch -> sends in flight
+        self._trace: list[list[float]] = []
 
     def place(self) -> None:
         p = self.placement
@@ -82,12 +98,12 @@ class LayerSplit:
         for name in mine:
             p._set(name, p._copy_in(name))
             p.live.add(name)
-        for block, owner in zip(self.blocks, self.owners):
+        for index, (block, owner) in enumerate(zip(self.blocks, self.owners)):
             if owner != self.rank:                 # placeholders stay in the slots between forwards
                 hooks.attach(block.module, SPLIT_HOOK, self._meta_run(block), self._receive(block, owner),
                              outer=True, with_kwargs=True)
             else:
-                hooks.attach(block.module, SPLIT_HOOK, None, self._send, outer=True)
+                hooks.attach(block.module, SPLIT_HOOK, self._started(index), self._send_hook(index), outer=True)
 
     # -- hooks -----------------------------------------------------------------------------------
     def _meta_run(self, block: Block):
@@ -111,6 +127,21 @@ class LayerSplit:
     def _wire(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().contiguous() if self.on_device else tensor.detach().to("cpu").contiguous()
 
+    def _started(self, index: int):
+        def pre(module, args):
+            if self.run is not None:
+                self._trace.append([self.run.micro_batch, index, time.monotonic(), 0.0])
+        return pre
+
+    def _send_hook(self, index: int):
+        def post(module, args, output):
+            if self.run is None:
+                return self._send(module, args, output)
+            self._send_each(self.run, output)
+            self._trace[-1][3] = time.monotonic()   # one thread computes at a time: the last entry is this block's
+            return output
+        return post
+
     def _send(self, module, args, output):
         for leaf in pytree.tree_leaves(output):
             if isinstance(leaf, torch.Tensor):
@@ -125,6 +156,8 @@ class LayerSplit:
         def receive(module, args, output):
             for name in block.names:
                 self.placement._set(name, self.placement.entries[name].placeholder)
+            if self.run is not None:
+                return self._receive_each(self.run, output, owner, where)
             leaves, spec = pytree.tree_flatten(output)
             real = []
             for leaf in leaves:
@@ -136,6 +169,64 @@ class LayerSplit:
                 real.append(leaf)
             return pytree.tree_unflatten(real, spec)
         return receive
+
+    # -- the micro-batch pipeline (parallel.pipeline) ------------------------------------------------
+    def pipeline_off_reason(self) -> str | None:
+        return "an NCCL group matches messages by order, not tag" if self.on_device else None
+
+    def note_serial(self, rows: int, reason: str) -> None:
+        self.serial_calls += 1
+        self.last_call = {"rows": rows, "micro_batches": 1, "serial_because": reason}
+
+    def pipelined(self, count: int, rows: int, fn: Callable[[int], Any]) -> list[Any]:
+        """[fn(0), ..., fn(count - 1)]: micro-batch forwards, interleaved by the pipeline."""
+        self.run = MicroBatchRun(count, self.pipelined_calls, self.placement.device)
+        self.pipelined_calls += 1
+        self._trace = []
+        self._sends = {m: [] for m in range(count)}
+
+        def sent(m: int) -> None:                  # a finished micro-batch's messages: buffers free once received
+            for work, _ in self._sends[m]:
+                work.wait()
+            self._sends[m] = []
+        try:
+            outputs = self.run.run(fn, sent)
+        finally:
+            self.run = None
+            self._sends = {}
+        self.last_call = {"rows": rows, "micro_batches": count, "trace": self._trace}
+        return outputs
+
+    def _send_each(self, run: MicroBatchRun, output: Any) -> None:
+        """Each tensor of an owned block's output to every other member, tagged (no wait: the sends
+        complete while this worker computes on)."""
+        for leaf in pytree.tree_leaves(output):
+            if not isinstance(leaf, torch.Tensor):
+                continue
+            wire = self._wire(leaf)
+            if wire.data_ptr() == leaf.data_ptr():  # the model may change its output in place before it is sent
+                wire = wire.clone()
+            tag = run.next_tag()
+            for peer in range(self.world):
+                if peer != self.rank:
+                    self._sends[run.micro_batch].append((self.group.send([wire], peer, tag), wire))
+            self.sent += wire.numel() * wire.element_size()
+
+    def _receive_each(self, run: MicroBatchRun, output: Any, owner: int, where: torch.device) -> Any:
+        leaves, spec = pytree.tree_flatten(output)
+        real, works = [], []
+        for leaf in leaves:
+            if isinstance(leaf, torch.Tensor):
+                buffer = torch.empty(leaf.shape, dtype=leaf.dtype, device=where)
+                works.append(self.group.recv([buffer], owner, run.next_tag()))
+                self.received += buffer.numel() * buffer.element_size()
+                leaf = buffer
+            real.append(leaf)
+        with run.waiting():                        # another micro-batch computes meanwhile
+            for work in works:
+                work.wait()
+        device = self.placement.device
+        return pytree.tree_unflatten([v.to(device) if isinstance(v, torch.Tensor) else v for v in real], spec)
 
     # -- end of a call, and unloading -------------------------------------------------------------
     def release_transient(self) -> None:
@@ -151,4 +242,6 @@ class LayerSplit:
         counts = [self.owners.count(r) for r in range(self.world)]
         return {"kind": "layersplit", "rank": self.rank, "world": self.world, "blocks_per_rank": counts,
                 "held_bytes": self.held, "peak_live_bytes": self.held, "model_bytes": self.placement.total_bytes,
-                "activation_bytes_sent": self.sent, "activation_bytes_received": self.received}
+                "activation_bytes_sent": self.sent, "activation_bytes_received": self.received,
+                "pipeline": {"pipelined_calls": self.pipelined_calls, "serial_calls": self.serial_calls,
+                             "last_call": self.last_call}}
