@@ -12,7 +12,8 @@ T = tokens (latent height x width for a UNet; image patches, frames included, fo
 W = width (a UNet's `model_channels`; a transformer's hidden size), b the attention scores where a
 kernel materialises them, c the text tokens and per-row vectors (at the context length used), d
 what does not grow with a row: weight-sized buffers (on CPU, oneDNN's convolution can reorder a
-layer's weights into a new buffer during the call: at small sizes that is the peak). The
+layer's weights into a new buffer during the call, depending on the shapes: at small sizes that is
+the peak; for the UNets d is at least their largest convolution, 1152 W^2 bytes). The
 coefficients are scaled up together so that every measured point lies under the curve (`margin`,
 >= 1): a budget that holds the prediction holds the peak at the measured widths and sizes.
 The table (models/data/activations.json, shipped with the package) carries the machine, torch
