@@ -7,15 +7,18 @@ the per-worker block times it records show micro-batch m+1 starting before micro
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 
 import pytest
+import torch
 
 from diffmesh.engine.engine import Engine
 from diffmesh.errors import ConfigError
 from diffmesh.executors.base import WorkerSpec
 from diffmesh.executors.multiproc import MultiProcessExecutor
 from diffmesh.models.handle import ModelHandle
-from diffmesh.parallel.pipeline import ENV, micro_batch_count, requested_micro_batches, row_bounds
+from diffmesh.parallel.pipeline import ENV, MicroBatchRun, micro_batch_count, requested_micro_batches, row_bounds
 
 from test_shard_equivalence import _budget, _unet_bytes, assert_same_latent, dit_job
 
@@ -85,8 +88,6 @@ def test_unet_pipeline_matches_single_device(pools, reference_engine, sd1, make_
 @pytest.mark.parametrize("world,batch", [(2, 2)])
 def test_flux_pipeline_matches_single_device(pools, reference_engine, flux, world, batch):
     """Flux's cond and uncond run as separate calls (their contexts differ): a call has `batch` rows."""
-    import torch
-
     job = dit_job(flux, cfg=2.0, steps=1)
     if batch > 1:
         from diffmesh.sampling.noise import prepare_noise
@@ -122,3 +123,47 @@ def test_micro_batch_count_and_rows():
     with pytest.raises(ConfigError) as info:
         requested_micro_batches({ENV: "many"})
     assert ENV in str(info.value) and "whole number" in str(info.value)
+
+
+def test_one_micro_batch_computes_at_a_time():
+    """The baton: however the threads are scheduled, two micro-batches never compute at once on a
+    worker, and a micro-batch waiting for a partner lets another compute."""
+    run = MicroBatchRun(3, 0, torch.device("cpu"))
+    lock, active, most, log = threading.Lock(), [0], [0], []
+
+    def compute(i: int, part: str) -> None:
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        log.append((i, part))
+        time.sleep(0.005)                     # room for another thread to (wrongly) start computing
+        with lock:
+            active[0] -= 1
+
+    def fn(i: int) -> int:
+        compute(i, "first range")
+        with run.waiting():                   # as if waiting for another worker's block output
+            time.sleep(0.01)
+        compute(i, "last range")
+        return i * 10
+    assert run.run(fn) == [0, 10, 20]
+    assert most[0] == 1 and len(log) == 6
+
+
+def test_a_failed_micro_batch_fails_the_call_at_once():
+    """A micro-batch that fails ends the call with its error while another still waits for a
+    partner that will not send (that one is left to the group's timeout and then touches nothing)."""
+    run = MicroBatchRun(2, 0, torch.device("cpu"))
+    gate = threading.Event()
+
+    def fn(i: int) -> int:
+        if i == 0:
+            with run.waiting():
+                gate.wait(30)
+            return 0
+        raise RuntimeError("micro-batch 1 ran out of memory")
+    try:
+        with pytest.raises(RuntimeError, match="micro-batch 1 ran out of memory"):
+            run.run(fn)
+    finally:
+        gate.set()
