@@ -9,11 +9,13 @@ No timing thresholds: the figures are reported, not judged (a shared machine's t
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from diffmesh.benchmarks import link
 from diffmesh.benchmarks.costmodel import applicable
+from diffmesh.engine import costmodel
 from diffmesh.cli import main
 
 STRATEGIES = {"resident", "cfg", "patch", "shard", "layersplit"}
@@ -46,7 +48,10 @@ def test_predictions_use_the_measured_inputs(report):
     assert facts["step_s"] == inputs["compute_step_s"] > 0                 # the measured compute term
     assert facts["peer_bw"] == inputs["link"]["peer_bw_bytes_per_s"] > 0  # not the documented gloo figure
     assert facts["latency"] == inputs["link"]["latency_s"] > 0
-    assert set(inputs["link"]["median_s_by_size"]) == {str(s) for s in link.SIZES}
+    assert len(inputs["link_probes"]) == 2                                 # before and after the runs
+    assert all(set(p["median_s_by_size"]) == {str(s) for s in link.SIZES} for p in inputs["link_probes"])
+    assert 0 < inputs["fixed_step_s"] <= inputs["compute_step_s"]         # the part a split does not divide
+    assert facts["fixed_s"] == inputs["fixed_step_s"]
     # resident is the compute term itself: its prediction is the calibration run's step time
     assert result["strategies"]["resident"]["predicted_s"] == pytest.approx(inputs["compute_step_s"], rel=1e-3)
     assert "patch" in result["explain_measured"] and "<" in result["explain_measured"]
@@ -60,6 +65,8 @@ def test_the_planner_choice_and_the_fastest_are_reported(report):
     assert result["cost_model_choice"] in STRATEGIES
     measured = {k: v["measured_s"] for k, v in result["strategies"].items()}
     assert result["measured_fastest"] == min(measured, key=measured.get)
+    cpu = {k: v["measured_cpu_s"] for k, v in result["strategies"].items() if v["measured_cpu_s"] is not None}
+    assert result["measured_fastest_cpu"] == min(cpu, key=cpu.get)
     summary = report["summary"]["costmodel"]
     assert summary["planner"] == planner["strategy"] and summary["measured_fastest"] == result["measured_fastest"]
 
@@ -77,3 +84,27 @@ def test_link_fit_recovers_latency_and_bandwidth():
     figures = link.fit(samples, 2)
     assert figures["latency"] == pytest.approx(latency + link.SIZES[0] / bw)
     assert figures["peer_bw"] == pytest.approx(bw, rel=1e-6)
+
+
+def test_link_probes_combine_by_mean_latency_and_time_per_byte():
+    figures = link.combine([{"latency_s": 1e-3, "peer_bw_bytes_per_s": 100e6},
+                            {"latency_s": 3e-3, "peer_bw_bytes_per_s": 300e6}])
+    assert figures["latency_s"] == pytest.approx(2e-3)
+    assert figures["peer_bw_bytes_per_s"] == pytest.approx(150e6)        # 1 / mean(1/100, 1/300) MB/s
+
+
+def test_a_fixed_per_forward_part_keeps_small_work_on_one_device():
+    """`DeviceFacts.fixed_s`: the part of a forward a split does not divide. Where it is the whole
+    forward (a tiny model, a small image), no split is predicted faster than one device."""
+    model = costmodel.ModelFacts("unet", 4_000_000, (200_000,) * 15, 1e9, 16_384, attention_layers=7)
+    device = costmodel.DeviceFacts(flops=1e10, budget=float("inf"), host_bw=5e9, peer_bw=1e8, latency=1e-3,
+                                   overlap=0.0, step_s=0.1)
+    allowed = ("resident", "cfg", "patch", "shard", "layersplit")
+    split = {p.strategy: p.step_s for p in costmodel.predict(model, device, 2, cfg=7.0)}
+    assert split["cfg"] == pytest.approx(0.05 + 16_384 / 1e8 + 1e-3)        # t/2 + one exchange
+    assert costmodel.choose(costmodel.predict(model, device, 2, cfg=7.0), allowed).strategy == "cfg"
+    whole = costmodel.predict(model, replace(device, fixed_s=0.1), 2, cfg=7.0)
+    assert {p.strategy: p.step_s for p in whole}["cfg"] == pytest.approx(0.1 + 16_384 / 1e8 + 1e-3)
+    assert costmodel.choose(whole, allowed).strategy == "resident"
+    half = {p.strategy: p.step_s for p in costmodel.predict(model, replace(device, fixed_s=0.04), 2, cfg=7.0)}
+    assert half["patch"] - split["patch"] == pytest.approx(0.04 / 2)        # fixed + (t - fixed)/2 vs t/2

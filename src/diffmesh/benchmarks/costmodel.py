@@ -181,7 +181,7 @@ def _compare(wanted: list[str], preds: list, cpu_preds: list, runs: dict[str, li
         note = "" if pred is None else pred.note
         if other and not measured:          # e.g. too few latent rows for patch bands: the engine ran single
             note = f"not measured: --parallel {MODES[name]} ran {other[0]['strategy']} ({other[0]['reason']})"
-        cpu_best = min((r["cpu_step_s"] for r in measured if r["cpu_step_s"]), default=None)
+        cpu_best = min((r["cpu_step_s"] for r in measured if r["cpu_step_s"] is not None), default=None)
         cpu_predicted = cpu_by_name.get(name)
         row = {"predicted_s": None if predicted is None else round(predicted, 5),
                "measured_s": None if best is None else round(best["step_s"], 5),
@@ -204,8 +204,29 @@ def _finite(values: dict[str, Any]) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and math.isinf(v) else v for k, v in values.items()}
 
 
+def _calibrate(engine: Any, handle: ModelHandle, job: Any, work: Workload, kind: str) -> dict[str, float]:
+    """The compute terms on one worker: the job's step time and the step at SMALL_SIZE (the fixed part)."""
+    calibration = measure(engine, handle, job, "none")
+    _say(f"one worker (compute term): {calibration['steps_s']} s per step")
+    small = measure(engine, handle, build_job(engine, replace(work, size=SMALL_SIZE), kind)[1], "none", unload=False)
+    _say(f"one worker at {SMALL_SIZE} px (fixed term): {small['steps_s']} s per step")
+    return {"compute_step_s": calibration["step_s"], "compute_cpu_step_s": calibration["cpu_step_s"] or 0.0,
+            "fixed_step_s": min(small["step_s"], calibration["step_s"]),
+            "fixed_cpu_step_s": min(small["cpu_step_s"] or 0.0, calibration["cpu_step_s"] or 0.0),
+            "small_size": SMALL_SIZE}
+
+
+def _link(engine: Any, ids: tuple[int, ...]) -> dict[str, Any]:
+    if len(ids) < 2:
+        return {"latency_s": 0.0, "peer_bw_bytes_per_s": float("inf")}
+    figures = link.measure_link(engine, ids)
+    _say(f"link: {figures['latency_s'] * 1e3:.2f} ms per collective, {figures['peer_bw_bytes_per_s'] / 1e6:.0f} MB/s")
+    return figures
+
+
 def run_costmodel(work: Workload, device: str, workers: int, threads: int | None, repeats: int) -> dict[str, Any]:
-    """The whole scenario on `workers` fresh workers of `device` kind; plain data."""
+    """The whole scenario on `workers` fresh workers of `device` kind; plain data. The link is probed
+    before and after the runs; the predictions use both (`link.combine`), as the load may change."""
     from diffmesh.engine.explain import _kind
 
     kind = _kind(work.family)
@@ -217,45 +238,39 @@ def run_costmodel(work: Workload, device: str, workers: int, threads: int | None
         _say(f"workers ready in {setup.info['start_s']} s")
         handle, job = build_job(engine, work, kind)
         ids = tuple(engine.worker_ids)
-        link_figures = (link.measure_link(engine, ids) if workers > 1
-                        else {"latency_s": 0.0, "peer_bw_bytes_per_s": float("inf")})
-        _say(f"link: {link_figures['latency_s'] * 1e3:.2f} ms per collective, "
-             f"{link_figures['peer_bw_bytes_per_s'] / 1e6:.0f} MB/s")
-        calibration = measure(engine, handle, job, "none")
-        _say(f"one worker (compute term): {calibration['steps_s']} s per step")
-        small = measure(engine, handle, build_job(engine, replace(work, size=SMALL_SIZE), kind)[1], "none",
-                        unload=False)
-        fixed = min(small["step_s"], calibration["step_s"])
-        fixed_cpu = min(small["cpu_step_s"] or 0.0, calibration["cpu_step_s"] or 0.0)
-        _say(f"one worker at {SMALL_SIZE} px (fixed term): {small['steps_s']} s per step")
-        facts, dev, preds = predictions(handle, job, devices[0], workers, calibration["step_s"], fixed, link_figures)
-        cpu_preds = predictions(handle, job, devices[0], workers, calibration["cpu_step_s"] or 0.0, fixed_cpu,
-                                link_figures)[2]
+        probes = [_link(engine, ids)]
+        inputs = _calibrate(engine, handle, job, work, kind)
         planner = _planner(engine, handle, job)
         runs: dict[str, list[dict]] = {}
         for _ in range(repeats):
             for name in wanted:
                 runs.setdefault(name, []).append(measure(engine, handle, job, MODES[name]))
                 _say(f"{name}: {runs[name][-1]['strategy']} {runs[name][-1]['steps_s']} s per step")
-        link_after = link.measure_link(engine, ids) if workers > 1 else None
+        probes.append(_link(engine, ids))
         engine.free(True)
+    link_figures = link.combine(probes)
+    facts, dev, preds = predictions(handle, job, devices[0], workers, inputs["compute_step_s"],
+                                    inputs["fixed_step_s"], link_figures)
+    cpu_preds = predictions(handle, job, devices[0], workers, inputs["compute_cpu_step_s"],
+                            inputs["fixed_cpu_step_s"], link_figures)[2]
     table = _compare(wanted, preds, cpu_preds, runs)
-    measured = {k: v["measured_s"] for k, v in table.items() if v["measured_s"] is not None}
     chosen = costmodel.choose(preds, tuple(wanted))
+
+    def fastest(key: str) -> str | None:
+        measured = {k: v[key] for k, v in table.items() if v[key] is not None}
+        return min(measured, key=measured.get) if measured else None
     return {"model": {"path": work.checkpoint, "family": work.family, "kind": kind,
                       "weights_bytes": facts.total_bytes, "blocks": len(facts.block_bytes),
                       "flops": facts.flops, "hidden_bytes": facts.hidden_bytes,
                       "attention_layers": facts.attention_layers},
             "size": work.size, "steps": work.steps, "cfg": work.cfg, "sampler": work.sampler,
             "workers": workers, "threads_per_worker": threads, "repeats": repeats,
-            "inputs": {"compute_step_s": calibration["step_s"], "compute_cpu_step_s": calibration["cpu_step_s"],
-                       "fixed_step_s": fixed, "fixed_cpu_step_s": fixed_cpu, "small_size": SMALL_SIZE,
-                       "link": link_figures, "link_after": link_after, "device_facts": _finite(asdict(dev))},
+            "inputs": {**inputs, "link": link_figures, "link_probes": probes, "device_facts": _finite(asdict(dev))},
             "strategies": table,
             "planner": planner,
             "cost_model_choice": None if chosen is None else chosen.strategy,
-            "measured_fastest": min(measured, key=measured.get) if measured else None,
-            "predictions_all": [p.as_dict() for p in preds],
+            "measured_fastest": fastest("measured_s"), "measured_fastest_cpu": fastest("measured_cpu_s"),
+            "predictions_all": [_finite(p.as_dict()) for p in preds],
             "explain_measured": costmodel.table(preds, None if chosen is None else chosen.strategy)}
 
 
@@ -266,6 +281,6 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     return {"per_strategy": {name: {k: row[k] for k in keys}
                              for name, row in result["strategies"].items()},
             "planner": result["planner"]["strategy"], "cost_model_choice": result["cost_model_choice"],
-            "measured_fastest": result["measured_fastest"],
+            "measured_fastest": result["measured_fastest"], "measured_fastest_cpu": result["measured_fastest_cpu"],
             "link": {"latency_s": result["inputs"]["link"]["latency_s"],
                      "peer_bw_bytes_per_s": result["inputs"]["link"]["peer_bw_bytes_per_s"]}}

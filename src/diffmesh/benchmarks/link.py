@@ -76,3 +76,12 @@ def measure_link(engine: Any, workers: tuple[int, ...], sizes: tuple[int, ...] =
     return {"workers": list(workers), "group": group.group, "latency_s": figures["latency"],
             "peer_bw_bytes_per_s": figures["peer_bw"],
             "median_s_by_size": {s: v[0] for s, v in combined.items()}}
+
+
+def combine(probes: list[dict[str, Any]]) -> dict[str, Any]:
+    """One figure from several probes of the same link (before and after a run): the mean latency and
+    the mean time per byte (so the bandwidth is the harmonic mean)."""
+    latency = statistics.fmean(p["latency_s"] for p in probes)
+    per_byte = statistics.fmean(1.0 / p["peer_bw_bytes_per_s"] for p in probes)
+    return {"latency_s": latency, "peer_bw_bytes_per_s": 1.0 / per_byte if per_byte else float("inf"),
+            "probes": len(probes)}
