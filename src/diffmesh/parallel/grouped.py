@@ -9,6 +9,8 @@ all-reduce before the first step, whether every part is placed. If one is not, e
 raises `DeviceOutOfMemory` (none is left waiting in a collective), naming the flags to change.
 An out-of-memory error after that point (activations on a real device) also becomes a
 `DeviceOutOfMemory` without a retry: the partners are inside the same forward and cannot redo it.
+A layer-split member's model runs calls of 2+ rows as micro-batches (`parallel.pipeline`); the
+engine sends the `DIFFMESH_MICRO_BATCHES` override in the layout, so every member cuts the same way.
 """
 
 from __future__ import annotations
