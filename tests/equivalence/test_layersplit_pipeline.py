@@ -85,7 +85,7 @@ def test_unet_pipeline_matches_single_device(pools, reference_engine, sd1, make_
     _assert_overlapped(layouts, rows)
 
 
-@pytest.mark.parametrize("world,batch", [(2, 2)])
+@pytest.mark.parametrize("world,batch", [(3, 3)])
 def test_flux_pipeline_matches_single_device(pools, reference_engine, flux, world, batch):
     """Flux's cond and uncond run as separate calls (their contexts differ): a call has `batch` rows."""
     job = dit_job(flux, cfg=2.0, steps=1)
