@@ -17,12 +17,15 @@ A = activations estimate, bw = link bytes/s; one forward per step, cond+uncond b
   shard         compute + S (N-1)/N / peer_bw, overlapped by `overlap` (prefetch); compute =
                 t/N + sequence exchanges for a transformer, t for a UNet (every member runs it all)
                                                              needs S/N + kept + 2 blocks + A(/N)
-  layersplit    t + blocks x act x (N-1) / peer_bw          needs its share S/N + kept + A
+  layersplit    t (M+N-1)/(M N) + blocks x act x (N-1) / peer_bw   (M = rows: one-row micro-batches
+                pipelined through the N stages; M = 1: serial)   needs its share S/N + kept + A
   sequence      t/N + blocks x 4 act (N-1)/N^2 / peer_bw     (Ulysses: q,k,v out, o back) needs S + A/N
   cfg           t/2 + latent / peer_bw                       (cfg != 1, 2 devices) needs S + A/2
   cfg_sequence  t/N + sequence exchanges over N/2            (cfg != 1, 4+ devices) needs S + A/N
   patch         t/N + attention layers x 2 act (N-1)/N / peer_bw + halos (S7's exact UNet patch
                 parallel: full keys/values gathered per attention layer)   needs S + A/N
+  cfg_patch     t/N + patch exchanges over N/2 of half the rows + latent   (cfg != 1, UNet, 4+ devices)
+  batch_patch   t/N + patch exchanges over N/G of 1/G of the rows   (G = min(batch, N/2) >= 2 groups)
 Every exchange also costs `latency` per collective. A split divides only the part of t that
 grows with the work: `DeviceFacts.fixed_s` (measured by `diffmesh bench --scenarios costmodel` as
 one forward at the smallest latent; 0 in the documented table) is paid whole by every member, so
@@ -60,9 +63,11 @@ LINKS = {   # bytes/s one way, seconds per collective
     "pcie5": {"bw": 45e9, "latency": 30e-6},
     "gloo-loopback": {"bw": 2e9, "latency": 2e-4},   # CPU workers here: replaced by a measurement
 }
-STRATEGIES = ("resident", "streamed", "donor", "shard", "layersplit", "sequence", "cfg", "cfg_sequence", "patch")
-ONE_IMAGE = ("sequence", "cfg", "cfg_sequence", "patch")
-PREFERENCE = ("resident", "sequence", "cfg", "cfg_sequence", "patch", "streamed", "donor", "layersplit", "shard")
+STRATEGIES = ("resident", "streamed", "donor", "shard", "layersplit", "sequence", "cfg", "cfg_sequence", "patch",
+              "cfg_patch", "batch_patch")
+ONE_IMAGE = ("sequence", "cfg", "cfg_sequence", "patch", "cfg_patch")
+PREFERENCE = ("resident", "sequence", "cfg", "cfg_sequence", "patch", "cfg_patch", "batch_patch", "streamed", "donor",
+              "layersplit", "shard")
 
 
 @dataclass(frozen=True)
@@ -205,7 +210,9 @@ def predict(model: ModelFacts, device: DeviceFacts, n: int, cfg: float = 1.0) ->
     add("shard", n, shard, s / n + kept + 2 * block + (a / n if dit else a),
         "tokens split too" if dit else "each member runs the whole UNet")
     hops = _xfer(blocks * model.hidden_bytes * (n - 1), device.peer_bw, blocks, device.latency)
-    add("layersplit", n, t + hops, s / n + kept + a, "serial: one device computes at a time")
+    m = max(1, model.rows)            # 2+ rows run as one-row micro-batches through the stages (pipeline)
+    add("layersplit", n, t * (m + n - 1) / (m * n) + hops, s / n + kept + a,
+        f"pipeline of {m} micro-batches" if m > 1 else "serial: one device computes at a time")
     if dit:
         add("sequence", n, _share(t, n, device) + _sequence_comm(model, device, n), s + a / n)
     if cfg != 1.0 and n >= 2:
@@ -214,10 +221,26 @@ def predict(model: ModelFacts, device: DeviceFacts, n: int, cfg: float = 1.0) ->
     if cfg != 1.0 and dit and n >= 4:
         add("cfg_sequence", n, _share(t, n, device) + _sequence_comm(model, replace(device), n // 2), s + a / n)
     if not dit:
-        comm = _xfer(model.attention_layers * 2 * model.hidden_bytes * (n - 1) / n, device.peer_bw,
-                     model.attention_layers + 2 * blocks, device.latency)
-        add("patch", n, _share(t, n, device) + comm, s + a / n, "exact patch parallel (parallel/patch.py)")
+        add("patch", n, _share(t, n, device) + _patch_comm(model, device, n), s + a / n,
+            "exact patch parallel (parallel/patch.py)")
+        if cfg != 1.0 and n >= 4:     # cond and uncond halves, each patch-split over n/2
+            add("cfg_patch", n, _share(t, n, device) + _patch_comm(model, device, n // 2, 0.5)
+                + _xfer(model.hidden_bytes / 2, device.peer_bw, 1, device.latency), s + a / n,
+                "cond and uncond halves, each patch-split")
+        batch = model.rows // (2 if cfg != 1.0 else 1)
+        groups = min(batch, n // 2)
+        if groups >= 2:               # the batch over groups, each group patch-splitting its rows
+            add("batch_patch", n, _share(t, n, device) + _patch_comm(model, device, n // groups, 1 / groups),
+                s + a / n, f"{groups} groups of {n // groups}, each patch-split")
     return out
+
+
+def _patch_comm(model: ModelFacts, device: DeviceFacts, n: int, rows_share: float = 1.0) -> float:
+    """Exact patch parallel's exchanges on n devices holding `rows_share` of the rows: keys and values
+    gathered per attention layer, halo rows and norm statistics per block (small, latency-bound)."""
+    blocks = len(model.block_bytes)
+    return _xfer(model.attention_layers * 2 * model.hidden_bytes * rows_share * (n - 1) / n, device.peer_bw,
+                 model.attention_layers + 2 * blocks, device.latency)
 
 
 def choose(predictions: list[Prediction], allowed: tuple[str, ...] = STRATEGIES) -> Prediction | None:
