@@ -7,6 +7,8 @@ and PCIe next to the published xDiT / DistriFusion / raylight figures. JSON out.
 Run it alone (it starts up to two worker processes, one torch thread each):
     python3 bench/memory_strategies.py --models sd15,dit --steps 2 --size 512 \
         --out bench/results/memory_strategies.json
+    python3 bench/memory_strategies.py --models dit --dit .cache/dit/flux1-dev-random.safetensors \
+        --dit-family flux --size 512 --steps 2 --out bench/results/memory_strategies_flux.json
     python3 bench/memory_strategies.py --gpu-table
 Defaults use the full-size random SD1.5 (.cache/sd15-random.safetensors) and the full-width
 Z-Image transformer from shared/reference/make_dit_random.py (.cache/dit/zimage-random.safetensors).
@@ -39,6 +41,11 @@ def _job(handle, family: str, size: int, steps: int, reference):
         latent = torch.zeros(1, 4, size // 8, size // 8)
         cond = [[torch.randn(1, 77, reference["sd_width"], generator=torch.Generator().manual_seed(1)), {}]]
         cfg = 7.0
+    elif family == "flux":          # T5 context, pooled CLIP vector and guidance of the file's widths
+        from diffmesh.benchmarks.costmodel import flux_conditioning
+
+        latent = torch.zeros(1, 16, size // 8, size // 8)
+        cond, cfg = flux_conditioning(handle.path), 1.0
     else:
         latent = torch.zeros(1, 16, size // 8, size // 8)
         width = reference["context_width"]

@@ -10,17 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from same import assert_same
+
 from diffmesh.engine.engine import Engine, EngineScope
 from diffmesh.models.handle import ModelHandle
 from diffmesh.sampling.job import SampleJob
-
-
-def assert_same(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = 1e-5) -> None:
-    """Same numbers up to float reordering: relative L2 difference below `tolerance`."""
-    assert actual.shape == expected.shape
-    relative = ((actual - expected).norm() / expected.norm()).item()
-    print(f"relative L2 difference {relative:.2e}")
-    assert relative < tolerance, f"relative L2 difference {relative:.2e}"
 
 
 @pytest.fixture(scope="module")

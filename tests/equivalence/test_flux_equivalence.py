@@ -8,19 +8,14 @@ import threading
 import pytest
 import torch
 
+from same import assert_same
+
 from diffmesh.engine.engine import Engine
 from diffmesh.executors.base import WorkerSpec
 from diffmesh.executors.inproc import InProcessExecutor
 from diffmesh.models.handle import ModelHandle
 from diffmesh.sampling.job import SampleJob
 
-
-
-def assert_same_latent(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Same numbers up to float reordering (batch rows computed in other call shapes): relative L2 < 1e-5."""
-    assert actual.shape == expected.shape
-    relative = ((actual - expected).norm() / expected.norm()).item()
-    assert relative < 1e-5, f"relative L2 difference {relative:.2e}"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +51,7 @@ def test_batch_parallel_matches_single_device(two_workers, reference_engine, flu
     engine = Engine(two_workers, parallel="batch")
     result = engine.sample(flux, job)
     assert engine.last_plan.strategy == "batch"
-    assert_same_latent(result, reference_engine.sample(flux, job))
+    assert_same(result, reference_engine.sample(flux, job))
 
 
 def test_cfg_parallel_matches_single_device(two_workers, reference_engine, flux):
@@ -65,7 +60,7 @@ def test_cfg_parallel_matches_single_device(two_workers, reference_engine, flux)
     engine = Engine(two_workers, parallel="cfg")
     result = engine.sample(flux, job)
     assert engine.last_plan.strategy == "cfg"
-    assert_same_latent(result, reference_engine.sample(flux, job))
+    assert_same(result, reference_engine.sample(flux, job))
 
 
 def test_cfg_one_never_evaluates_the_negative(reference_engine, flux):
@@ -90,7 +85,7 @@ def test_queue_parallel_prompts_on_two_workers_match_single_device(two_workers, 
     for t in threads:
         t.join(timeout=300)
     for seed in (5, 6):
-        assert_same_latent(results[seed], reference_engine.sample(flux, _job(flux, seed=seed)))
+        assert_same(results[seed], reference_engine.sample(flux, _job(flux, seed=seed)))
 
 
 @pytest.mark.parametrize("mode", ["lowvram", "novram"])

@@ -13,6 +13,8 @@ import time
 import pytest
 import torch
 
+from same import assert_same
+
 from diffmesh.engine.engine import Engine
 from diffmesh.errors import ConfigError
 from diffmesh.executors.base import WorkerSpec
@@ -20,7 +22,7 @@ from diffmesh.executors.multiproc import MultiProcessExecutor
 from diffmesh.models.handle import ModelHandle
 from diffmesh.parallel.pipeline import ENV, MicroBatchRun, micro_batch_count, requested_micro_batches, row_bounds
 
-from test_shard_equivalence import _budget, _unet_bytes, assert_same_latent, dit_job
+from test_shard_equivalence import _budget, _unet_bytes, dit_job
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,7 @@ def test_unet_pipeline_matches_single_device(pools, reference_engine, sd1, make_
     engine = Engine(executor, parallel="layersplit")
     result = engine.sample(sd1["unet"], job)
     assert engine.last_plan.strategy == "layersplit" and len(engine.last_plan.workers) == world
-    assert_same_latent(result, reference_engine.sample(sd1["unet"], job))
+    assert_same(result, reference_engine.sample(sd1["unet"], job))
     rows = batch * (2 if cfg != 1.0 else 1)
     layouts = _pipelines(executor, world)
     assert all(min(layout["blocks_per_rank"]) > 0 for layout in layouts)
@@ -96,7 +98,7 @@ def test_flux_pipeline_matches_single_device(pools, reference_engine, flux, worl
         job = dataclasses.replace(job, latent=latent, noise=prepare_noise(latent, 42, None))
     executor = pools("flux", world)
     result = Engine(executor, parallel="layersplit").sample(flux, job)
-    assert_same_latent(result, reference_engine.sample(flux, job))
+    assert_same(result, reference_engine.sample(flux, job))
     _assert_overlapped(_pipelines(executor, world), batch)
 
 
@@ -104,14 +106,14 @@ def test_one_row_and_the_override_run_serially(pools, reference_engine, sd1, mak
     executor = pools("sd1", 2)
     job = make_job(batch=1, cfg=1.0, steps=1)                 # one row per call
     result = Engine(executor, parallel="layersplit").sample(sd1["unet"], job)
-    assert_same_latent(result, reference_engine.sample(sd1["unet"], job))
+    assert_same(result, reference_engine.sample(sd1["unet"], job))
     for layout in _pipelines(executor, 2):
         assert layout["pipeline"]["last_call"] == {"rows": 1, "micro_batches": 1, "serial_because": "one row"}
         assert layout["activation_bytes_sent"] > 0            # the serial path's broadcasts ran
     monkeypatch.setenv(ENV, "1")                              # two rows, pipeline turned off
     job = make_job(batch=2, cfg=1.0, steps=1)
     result = Engine(executor, parallel="layersplit").sample(sd1["unet"], job)
-    assert_same_latent(result, reference_engine.sample(sd1["unet"], job))
+    assert_same(result, reference_engine.sample(sd1["unet"], job))
     assert all(layout["pipeline"]["last_call"]["serial_because"] == f"{ENV}=1" for layout in _pipelines(executor, 2))
 
 

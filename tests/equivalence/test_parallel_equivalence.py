@@ -7,16 +7,10 @@ import threading
 import pytest
 import torch
 
+from same import assert_same
+
 from diffmesh.engine.engine import Engine
 from diffmesh.parallel.request import with_parallel_request
-
-
-def assert_same_latent(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Same numbers up to float reordering (a batch of 1 vs 2 in one conv call): relative L2
-    below 1e-5 (the reference README's faithful re-implementation bound is 1e-3)."""
-    assert actual.shape == expected.shape
-    relative = ((actual - expected).norm() / expected.norm()).item()
-    assert relative < 1e-5, f"relative L2 difference {relative:.2e}"
 
 
 @pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m_sde"])
@@ -25,7 +19,7 @@ def test_batch_parallel_matches_single_device(backend_workers, reference_engine,
     engine = Engine(backend_workers, parallel="batch")
     result = engine.sample(sd1["unet"], job)
     assert engine.last_plan.strategy == "batch" and engine.last_plan.ranges == ((0, 2), (2, 4))
-    assert_same_latent(result, reference_engine.sample(sd1["unet"], job))
+    assert_same(result, reference_engine.sample(sd1["unet"], job))
 
 
 def test_uneven_batch_split_by_speed_matches_single_device(backend_workers, reference_engine, sd1, make_job):
@@ -33,7 +27,7 @@ def test_uneven_batch_split_by_speed_matches_single_device(backend_workers, refe
     engine = Engine(backend_workers, parallel="batch", speeds={0: 0.5, 1: 1.0})
     result = engine.sample(sd1["unet"], job)
     assert engine.last_plan.workers == (1, 0) and engine.last_plan.ranges == ((0, 2), (2, 3))
-    assert_same_latent(result, reference_engine.sample(sd1["unet"], job))
+    assert_same(result, reference_engine.sample(sd1["unet"], job))
 
 
 @pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m"])
@@ -42,7 +36,7 @@ def test_cfg_parallel_matches_single_device(backend_workers, reference_engine, s
     engine = Engine(backend_workers, parallel="cfg")
     result = engine.sample(sd1["unet"], job)
     assert engine.last_plan.strategy == "cfg"
-    assert_same_latent(result, reference_engine.sample(sd1["unet"], job))
+    assert_same(result, reference_engine.sample(sd1["unet"], job))
 
 
 def test_cfg_split_node_request_overrides_the_flag(backend_workers, reference_engine, sd1, make_job):
@@ -50,7 +44,7 @@ def test_cfg_split_node_request_overrides_the_flag(backend_workers, reference_en
     engine = Engine(backend_workers, parallel="none")
     result = engine.sample(with_parallel_request(sd1["unet"], "cfg"), job)
     assert engine.last_plan.strategy == "cfg"
-    assert_same_latent(result, reference_engine.sample(sd1["unet"], job))
+    assert_same(result, reference_engine.sample(sd1["unet"], job))
 
 
 def test_auto_plan_picks_a_strategy_that_matches_single_device(backend_workers, reference_engine, sd1, make_job):
@@ -59,7 +53,7 @@ def test_auto_plan_picks_a_strategy_that_matches_single_device(backend_workers, 
         job = make_job(batch=batch, seed=11)
         result = engine.sample(sd1["unet"], job)
         assert engine.last_plan.strategy == expected
-        assert_same_latent(result, reference_engine.sample(sd1["unet"], job))
+        assert_same(result, reference_engine.sample(sd1["unet"], job))
 
 
 def _whole_prompt(engine, sd1, job_maker, seed):

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from same import assert_same
+
 from diffmesh.engine.engine import Engine
 from diffmesh.models.handle import ModelHandle
-from tests.equivalence.test_patch_equivalence import assert_same
 
 
 @pytest.fixture(scope="module")

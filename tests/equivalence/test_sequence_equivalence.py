@@ -8,20 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from same import assert_same
+
 from diffmesh.engine.engine import Engine
 from diffmesh.models.handle import ModelHandle
 from diffmesh.parallel.request import with_parallel_request
 from diffmesh.sampling.job import SampleJob
 
 CONTEXT_WIDTH = 64          # the tiny DiTs' text width (testmodels_dit, dit.testfiles)
-
-
-def assert_same_latent(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Same numbers up to float reordering (attention of a head split over workers): relative L2 < 1e-5."""
-    assert actual.shape == expected.shape
-    relative = ((actual - expected).norm() / expected.norm()).item()
-    print(f"relative L2 difference {relative:.2e}")
-    assert relative < 1e-5, f"relative L2 difference {relative:.2e}"
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +52,7 @@ def test_sequence_parallel_matches_single_device(request, reference_engine, mode
     engine = Engine(executor, parallel="sequence")
     result = engine.sample(models[family], job)
     assert engine.last_plan.strategy == "sequence" and len(engine.last_plan.workers) == workers
-    assert_same_latent(result, reference_engine.sample(models[family], job))
+    assert_same(result, reference_engine.sample(models[family], job))
 
 
 @pytest.mark.parametrize("attention", ["ulysses", "ring"])
@@ -68,7 +62,7 @@ def test_forced_attention_kind_matches_single_device(three_workers, reference_en
     engine = Engine(three_workers, parallel="sequence", sequence_attention=attention)
     result = engine.sample(models["qwenimage"], job)
     assert engine.last_plan.strategy == "sequence"
-    assert_same_latent(result, reference_engine.sample(models["qwenimage"], job))
+    assert_same(result, reference_engine.sample(models["qwenimage"], job))
 
 
 def test_node_request_and_planner_choose_sequence(two_workers, reference_engine, models):
@@ -79,13 +73,13 @@ def test_node_request_and_planner_choose_sequence(two_workers, reference_engine,
     engine = Engine(two_workers, parallel="none")
     result = engine.sample(with_parallel_request(flux, "sequence"), job)
     assert engine.last_plan.strategy == "sequence"
-    assert_same_latent(result, reference_engine.sample(flux, job))
+    assert_same(result, reference_engine.sample(flux, job))
 
     auto = Engine(two_workers, parallel="auto")
     big = _job(flux, steps=1, height=64, width=64)
     result = auto.sample(flux, big)
     assert auto.last_plan.strategy == "sequence"
-    assert_same_latent(result, reference_engine.sample(flux, big))
+    assert_same(result, reference_engine.sample(flux, big))
     auto.sample(flux, _job(flux, steps=1))             # 35 tokens: not worth splitting
     assert auto.last_plan.strategy == "single"
 
@@ -98,7 +92,7 @@ def test_cfg_times_sequence_on_four_workers_matches_single_device(four_workers, 
     engine = Engine(four_workers, parallel="sequence")
     result = engine.sample(models[family], job)
     assert engine.last_plan.strategy == "cfg_sequence" and engine.last_plan.workers == (0, 1, 2, 3)
-    assert_same_latent(result, reference_engine.sample(models[family], job))
+    assert_same(result, reference_engine.sample(models[family], job))
 
 
 def test_an_interrupt_of_one_member_stops_all_at_the_same_step(three_workers, reference_engine, models):
@@ -119,7 +113,7 @@ def test_an_interrupt_of_one_member_stops_all_at_the_same_step(three_workers, re
         engine.sample(flux, job, interrupt_at_step_2)
     assert max(seen) == 2
     assert not any(three_workers.busy(w) for w in range(3))
-    assert_same_latent(engine.sample(flux, job), reference_engine.sample(flux, job))
+    assert_same(engine.sample(flux, job), reference_engine.sample(flux, job))
 
 
 @pytest.fixture(scope="module")
@@ -164,4 +158,4 @@ def test_wan_video_tokens_split_over_workers_match_single_device(request, refere
     engine = Engine(executor, parallel="sequence")
     result = engine.sample(wan_models[family], job)
     assert engine.last_plan.strategy == "sequence" and len(engine.last_plan.workers) == workers
-    assert_same_latent(result, reference_engine.sample(wan_models[family], job))
+    assert_same(result, reference_engine.sample(wan_models[family], job))

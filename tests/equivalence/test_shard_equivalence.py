@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from same import assert_same
+
 from diffmesh.devices.offload import module_bytes
 from diffmesh.engine.engine import Engine
 from diffmesh.errors import DeviceOutOfMemory
@@ -21,13 +23,6 @@ from diffmesh.models.handle import ModelHandle
 from diffmesh.sampling.job import SampleJob
 
 CONTEXT_WIDTH = 64          # the tiny DiTs' text width
-
-
-def assert_same_latent(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    assert actual.shape == expected.shape
-    relative = ((actual - expected).norm() / expected.norm()).item()
-    print(f"relative L2 difference {relative:.2e}")
-    assert relative < 1e-5, f"relative L2 difference {relative:.2e}"
 
 
 def dit_job(model: ModelHandle, cfg: float = 2.0, steps: int = 2) -> SampleJob:
@@ -103,7 +98,7 @@ def test_unet_pooled_matches_single_device(budget_workers, reference_engine, sd1
     engine = Engine(executor, parallel=strategy)
     result = engine.sample(sd1["unet"], job)
     assert engine.last_plan.strategy == strategy and len(engine.last_plan.workers) == 2
-    assert_same_latent(result, reference_engine.sample(sd1["unet"], job))
+    assert_same(result, reference_engine.sample(sd1["unet"], job))
     layouts = _within_budget(executor, _budget(sizes["sd1"]))
     if strategy == "layersplit":
         assert all(min(layout["blocks_per_rank"]) > 0 for layout in layouts)
@@ -117,7 +112,7 @@ def test_flux_pooled_matches_single_device(budget_workers, reference_engine, tin
     executor = budget_workers("flux")
     job = dit_job(flux, cfg=2.0, steps=2)
     result = Engine(executor, parallel=strategy).sample(flux, job)
-    assert_same_latent(result, reference_engine.sample(flux, job))
+    assert_same(result, reference_engine.sample(flux, job))
     _within_budget(executor, _budget(sizes["flux"], "flux"))
 
 
@@ -133,7 +128,7 @@ def test_one_worker_streams_within_the_same_budget(reference_engine, sd1, make_j
         unet = next(c for c in stats["components"] if c["component"] == "unet")
         assert unet["mode"] == "lowvram" and unet["streamed_blocks"] > 0      # recovery lowered it to streaming
         assert stats["peak"] <= budget
-        assert_same_latent(result, reference_engine.sample(sd1["unet"], job))
+        assert_same(result, reference_engine.sample(sd1["unet"], job))
     finally:
         executor.shutdown()
 

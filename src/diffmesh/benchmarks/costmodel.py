@@ -68,7 +68,7 @@ def applicable(kind: str, family: str, cfg: float, workers: int) -> list[str]:
     return out + ["shard", "layersplit"]
 
 
-def _flux_conditioning(path: str) -> list:
+def flux_conditioning(path: str) -> list:
     """Random conditioning of the shapes a Flux transformer file takes (no text encoder in the file)."""
     from diffmesh.models import detect
 
@@ -95,7 +95,7 @@ def build_job(engine: Any, work: Workload, kind: str):
     from diffmesh.sampling.schedules import ksampler_sigmas
 
     handle = ModelHandle(work.checkpoint, "unet", "flux")
-    cond = _flux_conditioning(work.checkpoint)
+    cond = flux_conditioning(work.checkpoint)
     latent = torch.zeros(1, 16, work.size // 8, work.size // 8)
     sigmas = ksampler_sigmas(model_sampling_for(handle), "simple", work.sampler, work.steps, 1.0)
     return handle, SampleJob(latent=latent, noise=prepare_noise(latent, 42, None), sigmas=sigmas,
