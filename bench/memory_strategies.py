@@ -95,6 +95,16 @@ def _run(strategy: str, handle, job, budget: int, steps: int) -> dict:
         executor.shutdown(timeout=10)
 
 
+def _run_or_say(strategy: str, handle, job, budget: int, steps: int) -> dict:
+    """`_run`, or the strategy with the error that stopped it (a budget it cannot meet is a result)."""
+    from diffmesh.errors import DeviceOutOfMemory
+
+    try:
+        return _run(strategy, handle, job, budget, steps)
+    except DeviceOutOfMemory as exc:
+        return {"strategy": strategy, "step_s": None, "error": str(exc).splitlines()[0]}
+
+
 def _predicted(handle, job, budget: int, resident_s: float) -> dict[str, float]:
     """The cost model's step times with the measured resident step time as compute time."""
     from dataclasses import replace
@@ -143,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             job = _job(handle, families[name], args.size, args.steps, reference)
             size = _model_bytes(handle)
             budget = int(size * args.budget_fraction)
-            runs = [_run(s, handle, job, budget, args.steps) for s in args.strategies.split(",")]
+            runs = [_run_or_say(s, handle, job, budget, args.steps) for s in args.strategies.split(",")]
             resident = next((r["step_s"] for r in runs if r["strategy"] == "resident"), None)
             predicted = _predicted(handle, job, budget, resident) if resident else {}
             for r in runs:
