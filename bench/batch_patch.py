@@ -48,24 +48,12 @@ def _job(batch: int, size: int, steps: int, cfg: float, context: int):
                      sampler_name="euler", cfg=cfg, positive=positive, negative=negative, seed=42)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _run(engine, unet, job, plan=None) -> dict:
     """One sampling run; `plan` (a SamplePlan) is run as given instead of the engine's own choice."""
-    marks: list[float] = []
-    pids = [engine.root.executor.pid(w) for w in engine.root.infos]
-    cpu = [[_cpu_seconds(p) for p in pids]]
+    from diffmesh.benchmarks.clock import WorkerClock
 
-    def progress(event: dict) -> None:
-        if event.get("type") == "progress":
-            marks.append(time.perf_counter())
-            cpu.append([_cpu_seconds(p) for p in pids])
-
-    start = time.perf_counter()
+    clock = WorkerClock(engine)
+    progress, start = clock.progress, clock.start
     if plan is None:
         latent = engine.sample(unet, job, progress)
         plan = engine.last_plan
@@ -73,10 +61,10 @@ def _run(engine, unet, job, plan=None) -> dict:
         from diffmesh.parallel.request import plain_handle
 
         latent = engine._sample_sequence(plain_handle(unet), job, plan, progress)
-    steps = [b - a for a, b in zip([start] + marks, marks)]
+    steps = clock.step_seconds()
     return {"strategy": plan.strategy, "workers": list(plan.workers), "ranges": [list(r) for r in plan.ranges],
             "planned_cost": round(plan.cost, 3), "step_s": [round(s, 2) for s in steps],
-            "cpu_step_s": [round(max(b - a for a, b in zip(x, y)), 2) for x, y in zip(cpu, cpu[1:])],
+            "cpu_step_s": [round(s, 2) for s in clock.busiest_cpu_per_step()],
             "sampling_s": round(time.perf_counter() - start, 2), "latent": latent}
 
 

@@ -49,31 +49,18 @@ def _job(size: int, steps: int, cfg: float):
                      sampler_name="euler", cfg=cfg, positive=positive, negative=negative, seed=42)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _one_image(engine, unet, vae, job) -> dict:
-    marks: list[float] = []
-    pids = [engine.root.executor.pid(w) for w in engine.root.infos]
-    cpu = [[_cpu_seconds(p) for p in pids]]
+    from diffmesh.benchmarks.clock import WorkerClock
 
-    def progress(event: dict) -> None:
-        if event.get("type") == "progress":
-            marks.append(time.perf_counter())
-            cpu.append([_cpu_seconds(p) for p in pids])
-
-    start = time.perf_counter()
-    latent = engine.sample(unet, job, progress)
+    clock = WorkerClock(engine)
+    start = clock.start
+    latent = engine.sample(unet, job, clock.progress)
     sampled = time.perf_counter()
-    before_decode = [_cpu_seconds(p) for p in pids]
+    before_decode = clock.cpu_now()
     image = engine.vae_decode(vae, latent)
     end = time.perf_counter()
-    after_decode = [_cpu_seconds(p) for p in pids]
-    steps = [b - a for a, b in zip([start] + marks, marks)]
-    cpu_steps = [max(b - a for a, b in zip(x, y)) for x, y in zip(cpu, cpu[1:])]     # busiest worker per step
+    after_decode = clock.cpu_now()
+    steps, cpu_steps = clock.step_seconds(), clock.busiest_cpu_per_step()
     return {"strategy": engine.last_plan.strategy, "workers": list(engine.last_plan.workers),
             "step_s": [round(s, 2) for s in steps], "cpu_step_s": [round(s, 2) for s in cpu_steps],
             "sampling_s": round(sampled - start, 2), "decode_s": round(end - sampled, 2),
@@ -161,6 +148,7 @@ def _wan_vae(one, two, shape: list[int], repeats: int) -> dict:
     """The Wan 2.1 VAE's decode of one (1, 16, T, H/8, W/8) clip on 1 worker and in bands on 2 (alternating)."""
     import torch
 
+    from diffmesh.benchmarks.clock import WorkerClock
     from diffmesh.models.handle import ModelHandle
 
     path = REPO / ".cache" / "dit" / "wan21-vae-random.safetensors"
@@ -174,11 +162,10 @@ def _wan_vae(one, two, shape: list[int], repeats: int) -> dict:
     images = {}
     for _ in range(repeats):
         for name, engine in (("1 worker", one), ("2 workers", two)):
-            pids = [engine.root.executor.pid(x) for x in engine.root.infos]
-            cpu, start = [_cpu_seconds(p) for p in pids], time.perf_counter()
+            clock = WorkerClock(engine)
             images[name] = engine.vae_decode(vae, latent)
-            runs[name].append({"decode_s": round(time.perf_counter() - start, 2),
-                               "cpu_decode_s": round(max(_cpu_seconds(p) - c for p, c in zip(pids, cpu)), 2)})
+            runs[name].append({"decode_s": round(time.perf_counter() - clock.start, 2),
+                               "cpu_decode_s": round(max(b - a for a, b in zip(clock.cpu[0], clock.cpu_now())), 2)})
             print(f"[wan vae {h}x{w}x{frames}] {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
     best = {k: min(r["decode_s"] for r in v) for k, v in runs.items()}
     return {"size": [h, w], "latent_frames": frames, "frames": images["1 worker"].shape[0], "runs": runs,

@@ -48,12 +48,10 @@ def _job(handle, batch: int, size: int, steps: int, cfg: float, width: int):
 
 
 def _cpu_seconds(pids: list[int]) -> float:
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])          # utime, stime
-    return total / ticks
+    """The workers' CPU seconds together."""
+    from diffmesh.benchmarks.clock import cpu_seconds
+
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 def _machine_cpu() -> float:

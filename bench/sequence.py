@@ -50,31 +50,17 @@ def _job(model, size: int, steps: int):
                      sampler_name="euler", cfg=1.0, positive=cond, negative=cond, seed=42)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _one_image(engine, model, vae, job, decode: bool) -> dict:
-    marks: list[float] = []
-    pids = [engine.root.executor.pid(w) for w in engine.root.infos]
-    cpu = [[_cpu_seconds(p) for p in pids]]
+    from diffmesh.benchmarks.clock import WorkerClock
 
-    def progress(event: dict) -> None:
-        if event.get("type") == "progress":
-            marks.append(time.perf_counter())
-            cpu.append([_cpu_seconds(p) for p in pids])
-
-    start = time.perf_counter()
-    latent = engine.sample(model, job, progress)
+    clock = WorkerClock(engine)
+    start = clock.start
+    latent = engine.sample(model, job, clock.progress)
     sampled = time.perf_counter()
     if decode:
         engine.vae_decode(vae, latent)
     end = time.perf_counter()
-    steps = [b - a for a, b in zip([start] + marks, marks)]
-    # the busiest worker's CPU seconds in each step
-    cpu_steps = [max(b - a for a, b in zip(before, after)) for before, after in zip(cpu, cpu[1:])]
+    steps, cpu_steps = clock.step_seconds(), clock.busiest_cpu_per_step()
     return {"strategy": engine.last_plan.strategy, "workers": list(engine.last_plan.workers),
             "step_s": [round(s, 2) for s in steps], "first_step_s": round(steps[0], 2),
             "later_step_s": round(sum(steps[1:]) / max(1, len(steps) - 1), 2) if len(steps) > 1 else None,

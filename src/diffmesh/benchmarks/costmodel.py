@@ -29,17 +29,16 @@ bench/memory_strategies.py); batch split needs a batch of two or more and is not
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import math
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from diffmesh.benchmarks import link
+from diffmesh.benchmarks.clock import cpu_seconds
 from diffmesh.benchmarks.harness import Setup, StepClock, Workload, make_job
 from diffmesh.engine import costmodel
 from diffmesh.models.handle import ModelHandle
@@ -102,17 +101,6 @@ def build_job(engine: Any, work: Workload, kind: str):
                              sampler_name=work.sampler, cfg=work.cfg, positive=cond, negative=cond, seed=42)
 
 
-def _cpu_seconds(pid: int | None) -> float:
-    """utime + stime of a worker process (Linux /proc); 0 where the worker is not a process here."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(engine: Any, handle: ModelHandle, job: Any, mode: str, unload: bool = True) -> dict[str, Any]:
     """One run of `job` with `--parallel mode`, models unloaded first (`unload`): the mean wall and
     CPU time of the steps after the first (which loads the weights), and the plan that ran."""
@@ -122,12 +110,12 @@ def measure(engine: Any, handle: ModelHandle, job: Any, mode: str, unload: bool 
     pid_of = getattr(engine.executor, "pid", lambda w: None)
     pids = [pid_of(w) for w in engine.worker_ids]
     clock = StepClock()
-    cpu = [[_cpu_seconds(p) for p in pids]]
+    cpu = [[cpu_seconds(p) for p in pids]]
 
     def progress(event: dict) -> None:
         clock(event)
         if event.get("type", "progress") == "progress":
-            cpu.append([_cpu_seconds(p) for p in pids])
+            cpu.append([cpu_seconds(p) for p in pids])
 
     start = time.perf_counter()
     engine.sample(handle, job, progress)
