@@ -153,3 +153,15 @@ def test_controlnet_residuals_reach_each_band(tiny_models, tmp_path):
         finally:
             runtime.close()
     assert_same(latents[1], latents[0])
+
+
+def test_multigpu_workunits_patch_request_overrides_parallel_none(two_workers, reference_engine, tiny_models):
+    """MultiGPU_WorkUnits' strategy 'patch' (the node override) splits the rows under --parallel none."""
+    from diffmesh.parallel.request import with_parallel_request
+
+    unet = ModelHandle(tiny_models["sd1"], "unet", "sd1")
+    job = _job(reference_engine, "sd1", tiny_models["sd1"], cfg=1.0, sampler="euler", steps=1, rows=32, cols=8)
+    engine = Engine(two_workers, parallel="none")
+    result = engine.sample(with_parallel_request(unet, "patch"), job)
+    assert engine.last_plan.strategy == "patch" and len(engine.last_plan.workers) == 2
+    assert_same(result, reference_engine.sample(unet, job))

@@ -122,11 +122,11 @@ NODES = (
         name="MultiGPU_WorkUnits", display_name="MultiGPU CFG Split", category=CATEGORY,
         description="Splits each sampling step of this model over up to max_gpus devices (cond and uncond "
                     "side by side). Optional: relative speeds from MultiGPU Options, and diffmesh's strategy "
-                    "('batch' splits the batch, 'sequence' splits a transformer's image tokens, 'auto' lets the "
-                    "planner choose).",
+                    "('batch' splits the batch, 'sequence' splits a transformer's image tokens, 'patch' an SD "
+                    "UNet's latent rows, 'auto' lets the planner choose).",
         inputs=(inp("model", "MODEL"), inp("max_gpus", "INT", default=2, min=1, step=1),
                 inp("gpu_options", "GPU_OPTIONS", section="optional"),
-                combo("strategy", ("cfg", "batch", "auto", "none", "sequence"), section="optional", default="cfg",
+                combo("strategy", ("cfg", "batch", "auto", "none", "sequence", "patch"), section="optional", default="cfg",
                       tooltip="diffmesh: how the sampling work is split.")),
         outputs=out("MODEL"), python_module=MODULE), work_units),
     NodeDef(NodeSchema(

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from diffmesh.models.handle import ModelHandle
 
-STRATEGIES = ("auto", "none", "batch", "cfg", "queue", "sequence")
+STRATEGIES = ("auto", "none", "batch", "cfg", "queue", "sequence", "patch")
 
 
 @dataclass(frozen=True)
