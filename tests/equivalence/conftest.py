@@ -25,34 +25,31 @@ def reference_engine():
     executor.shutdown()
 
 
-@pytest.fixture(scope="session")
-def two_workers():
-    """Two CPU worker processes with one torch thread each (`--cpu --workers 2`)."""
-    executor = MultiProcessExecutor([WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(2)],
-                                    start_timeout=120)
+def _cpu_workers(count: int, start_timeout: float):
+    """`count` CPU worker processes with one torch thread each, shut down after the fixture's scope."""
+    executor = MultiProcessExecutor([WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(count)],
+                                    start_timeout=start_timeout)
     executor.start()
     yield executor
     executor.shutdown(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def two_workers():
+    """Two CPU worker processes with one torch thread each (`--cpu --workers 2`)."""
+    yield from _cpu_workers(2, 120)
 
 
 @pytest.fixture(scope="module")
 def three_workers():
     """Three CPU worker processes with one torch thread each: uneven splits (sequence, patch)."""
-    executor = MultiProcessExecutor([WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(3)],
-                                    start_timeout=120)
-    executor.start()
-    yield executor
-    executor.shutdown(timeout=5)
+    yield from _cpu_workers(3, 120)
 
 
 @pytest.fixture(scope="module")
 def four_workers():
     """Four CPU worker processes with one torch thread each: the hybrids (cfg x sequence, batch x patch)."""
-    executor = MultiProcessExecutor([WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(4)],
-                                    start_timeout=180)
-    executor.start()
-    yield executor
-    executor.shutdown(timeout=5)
+    yield from _cpu_workers(4, 180)
 
 
 @pytest.fixture(scope="session", params=["inproc", "multiproc", "ray"])
