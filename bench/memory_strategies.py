@@ -1,7 +1,9 @@
 """Models larger than one device, measured on CPU workers: step time of resident (one worker, no
 budget) vs sharded over 2 vs layer split over 2 vs streamed from CPU (one worker), each under the
 same `--vram-budget` (a fraction of the model's weights), with the cost model's prediction beside
-each measurement; plus (`--gpu-table`) the cost model's predictions for 2, 4 and 8 GPUs over NVLink
+each measurement; the predictions use the link measured among the two workers of the sharded and
+layer-split runs (`benchmarks.link`, before and after each timed step; recorded as "link" per
+model); plus (`--gpu-table`) the cost model's predictions for 2, 4 and 8 GPUs over NVLink
 and PCIe next to the published xDiT / DistriFusion / raylight figures. JSON out.
 
 Run it alone (it starts up to two worker processes, one torch thread each):
@@ -68,6 +70,7 @@ class _Shape:                      # job_facts reads only the latent shape and c
 
 
 def _run(strategy: str, handle, job, budget: int, steps: int) -> dict:
+    from diffmesh.benchmarks import link
     from diffmesh.engine.engine import Engine
     from diffmesh.engine.explain import memory_plan
     from diffmesh.executors.base import WorkerSpec
@@ -85,12 +88,15 @@ def _run(strategy: str, handle, job, budget: int, steps: int) -> dict:
         engine = Engine(executor, parallel="none" if workers == 1 else strategy)
         memory_plan(engine, handle, job, engine.parallel, engine.plan(handle, job), lines.append)
         engine.sample(handle, job)                              # load and warm up
+        # the link among the two workers, just before and just after the timed run (the load may change)
+        probes = [link.measure_link(engine, (0, 1))] if workers == 2 else []
         start = time.perf_counter()
         engine.sample(handle, job)
         seconds = (time.perf_counter() - start) / steps
+        probes += [link.measure_link(engine, (0, 1))] if workers == 2 else []
         peaks = [executor.call(w, "memory_stats").result()["peak"] for w in range(workers)]
         return {"strategy": strategy, "workers": workers, "step_s": round(seconds, 3), "peak_accounted": peaks,
-                "explain": lines[-1] if lines else ""}
+                "explain": lines[-1] if lines else "", "link_probes": probes}
     finally:
         executor.shutdown(timeout=10)
 
@@ -105,15 +111,31 @@ def _run_or_say(strategy: str, handle, job, budget: int, steps: int) -> dict:
         return {"strategy": strategy, "step_s": None, "error": str(exc).splitlines()[0]}
 
 
-def _predicted(handle, job, budget: int, resident_s: float) -> dict[str, float]:
-    """The cost model's step times with the measured resident step time as compute time."""
+def _link(runs: list[dict]):
+    """The link figures for the predictions: every probe of this model's two-worker runs combined
+    (`link.combine`), or the documented table's when none ran."""
+    from diffmesh.benchmarks import link
+    from diffmesh.engine.explain import LinkFigures, documented_link
+
+    probes = [p for r in runs for p in r.pop("link_probes", [])]
+    if not probes:
+        return documented_link("cpu", "not measured: no two-worker run"), {"source": "documented"}
+    both = link.combine(probes)
+    figures = LinkFigures(both["latency_s"], both["peer_bw_bytes_per_s"], True, f"{len(probes)} probes of workers 0, 1")
+    return figures, {"source": "measured", **both,
+                     "median_s_by_size": [p["median_s_by_size"] for p in probes]}
+
+
+def _predicted(handle, job, budget: int, resident_s: float, link) -> dict[str, float]:
+    """The cost model's step times with the measured resident step time as compute time and the
+    measured link (`_link`)."""
     from dataclasses import replace
 
     from diffmesh.engine import costmodel
     from diffmesh.engine.explain import device_facts, job_facts
 
     facts = job_facts(handle, job, 4)
-    device = replace(device_facts("cpu", 1, budget), step_s=resident_s)
+    device = replace(device_facts("cpu", 1, budget, link), step_s=resident_s)
     preds = {p.strategy: p for p in costmodel.predict(facts, device, 2, float(job.cfg))}
     return {s: round(preds[s].step_s, 3) for s in STRATEGIES if s in preds}
 
@@ -155,12 +177,14 @@ def main(argv: list[str] | None = None) -> int:
             budget = int(size * args.budget_fraction)
             runs = [_run_or_say(s, handle, job, budget, args.steps) for s in args.strategies.split(",")]
             resident = next((r["step_s"] for r in runs if r["strategy"] == "resident"), None)
-            predicted = _predicted(handle, job, budget, resident) if resident else {}
+            link, link_record = _link(runs)
+            predicted = _predicted(handle, job, budget, resident, link) if resident else {}
             for r in runs:
                 r["predicted_s"] = predicted.get(r["strategy"])
             report["runs"].append({"model": name, "path": paths[name], "weights_bytes": size, "budget": budget,
-                                   "size": args.size, "steps": args.steps, "results": runs})
+                                   "size": args.size, "steps": args.steps, "link": link_record, "results": runs})
             print(json.dumps(report["runs"][-1], indent=1), file=sys.stderr)
+            print(f"{name}: predictions with {link.describe()}", file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))

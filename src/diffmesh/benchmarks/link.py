@@ -3,12 +3,14 @@
 `measure_link(engine, workers)` opens (or reuses) the engine's sequence group of `workers` — the
 same standalone `torch.distributed` group sequence and patch parallel use (gloo over loopback
 between CPU workers) — and has every member run `probe` at once: all-gathers of fp32 tensors of a
-few sizes, each timed several times. The cost model wants two figures per link (`DeviceFacts`):
-`latency`, the time of one collective carrying almost nothing (the smaller median of the two
-smallest probes), and `peer_bw`, bytes one member receives per second: the inverse slope of a
-least-squares line through the medians of the other sizes against the bytes each member receives
-(an all-gather of m bytes per member brings (N-1) m bytes to each). The figures are what a step's
-exchanges see on this machine now, load included.
+few sizes, each timed several times (`SIZES` x `REPEATS` for `diffmesh bench`, about a second on
+loopback; `QUICK_SIZES` x `QUICK_REPEATS` for the planner, `engine.explain`, about 0.5 s). The
+cost model wants two figures per link (`DeviceFacts`): `latency`, the time of one collective
+carrying almost nothing (the smaller median of the two smallest probes), and `peer_bw`, bytes one
+member receives per second: the inverse slope of a least-squares line through the medians of the
+other sizes against the bytes each member receives (an all-gather of m bytes per member brings
+(N-1) m bytes to each). The figures are what a step's exchanges see on this machine now, load
+included.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ import torch
 
 SIZES = (4 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)      # bytes each member contributes
 REPEATS = 7
+# The planner's probe, about 0.5 s on loopback. It reaches 16 MB because gloo's loopback speed drops
+# past ~8 MB (cache-sized copies: ~450 MB/s at 8 MB, ~240 MB/s from 16 to 64 MB on the dev machine),
+# and the big exchanges (sharded weights' block gathers) run at the lower speed.
+QUICK_SIZES = (4 << 10, 64 << 10, 1 << 20, 16 << 20)
+QUICK_REPEATS = 3
 
 
 def probe(group: Any, world: int, sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS,
@@ -66,10 +73,15 @@ def fit(samples: dict[str, list[float]], world: int) -> dict[str, float]:
 def measure_link(engine: Any, workers: tuple[int, ...], sizes: tuple[int, ...] = SIZES,
                  repeats: int = REPEATS) -> dict[str, Any]:
     """Engine side: probe the link among `workers` through the engine's sequence group of them.
-    Returns the fitted `latency` and `peer_bw`, each member's medians per size, and the group name."""
+    Returns the fitted `latency` and `peer_bw`, each member's medians per size, and the group name.
+    A probe that fails drops the group (a member may have left it mid-collective) and raises."""
     group = engine.sequence_groups.group(tuple(workers))
     futures = [engine.executor.call(w, "probe_link", group.group, list(sizes), repeats) for w in workers]
-    per_member = [f.result() for f in futures]
+    try:
+        per_member = [f.result() for f in futures]
+    except Exception:
+        engine.sequence_groups.drop(group)
+        raise
     # the slowest member sets the pace of a collective: take, per size, the largest median
     combined = {str(s): [max(statistics.median(m[str(s)]) for m in per_member)] for s in sizes}
     figures = fit(combined, len(workers))

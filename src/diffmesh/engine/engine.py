@@ -365,6 +365,7 @@ class Engine(EngineScope):
                                               (getattr(s, "settings", None) or {}).get("vram_budget"))
                       for s, label in zip(specs, labels)}
         self.explain = explain               # --explain: gets the cost model's table for every sampling job
+        self.links: dict[tuple[int, ...], dict[str, Any]] = {}   # link figures per worker set (engine.explain)
         self.pool = WorkerPool(self.infos)
         # a group's store is hosted by its rank-0 worker's node when the executor spans machines (Ray)
         rendezvous = getattr(executor, "rendezvous", None)

@@ -2,8 +2,15 @@
 
 `memory_plan(scope, model, job, mode, plan)` runs after `planner.plan_sample`. It builds the cost
 model's inputs for this job (`engine.costmodel`): the model's facts from its file header, each
-worker's budget (`--vram-budget`, the workers' `settings`) and the documented device/link figures
-(`DEFAULT_FACTS`: a CPU worker's FLOP/s per thread and gloo's loopback speed, a CUDA device's).
+worker's budget (`--vram-budget`, the workers' `settings`), the documented device figures
+(`DEFAULT_FACTS`: a CPU worker's FLOP/s per thread, a CUDA device's) and the link among the
+workers. The link is measured (`link_figures`): the first prediction over a set of 2+ workers has
+them all-gather a few sizes up to 16 MB through their sequence group (`benchmarks.link`, ~0.5 s on
+loopback), and the fitted latency and bandwidth are kept on the engine (`Engine.links`, by worker
+set) for every later job. With one worker, or when the probe fails (the failure is kept too, so it
+is not retried per job), the documented link stands in (`DEFAULT_LINK`: gloo loopback for CPU
+workers, PCIe 4 for CUDA). The measurement runs only when a prediction over 2+ workers is needed:
+with `explain`, or in `auto` mode when the model does not fit.
 The facts carry the family, tokens, width and rows, so the activations that count against the
 budget come from the table measured per family and resolution (`engine.activations`).
 In `auto` mode, when the model plus its activations does not fit the main worker's budget and
@@ -11,17 +18,24 @@ there are two or more workers, the fastest predicted of streamed (one worker), s
 split that fits is chosen; a model that fits keeps the planner's choice. `--parallel X` and a
 `MultiGPU_WorkUnits` node override it, and so does a loader's `device` input (it picks the main
 worker the plan starts from). With `explain` set, the predictions table and the choice are
-written for every sampling job (`print` to stderr by the CLI's `--explain`).
+written for every sampling job (`print` to stderr by the CLI's `--explain`), its last line saying
+which link figures it used ("link: measured 0.78 ms per collective, 154 MB/s (...)" or "link:
+documented ...").
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from diffmesh.engine import costmodel
 from diffmesh.engine.planner import SamplePlan, _pooled
 
+log = logging.getLogger("diffmesh.engine")
+
 CPU_FLOPS_PER_THREAD = 2e10      # fp32 FLOP/s of one CPU thread on a UNet/DiT forward (order of magnitude)
+DEFAULT_LINK = {"cpu": "gloo-loopback", "cuda": "pcie4"}     # costmodel.LINKS entry when none is measured
 DEFAULT_FACTS = {
     "cpu": {"host_bw": 5e9, "peer_bw": costmodel.LINKS["gloo-loopback"]["bw"],
             "latency": costmodel.LINKS["gloo-loopback"]["latency"], "overlap": 0.0, "bytes_per": 4},
@@ -29,6 +43,57 @@ DEFAULT_FACTS = {
              "peer_bw": costmodel.LINKS["pcie4"]["bw"], "latency": costmodel.LINKS["pcie4"]["latency"],
              "overlap": 1.0, "bytes_per": 2},
 }
+
+
+@dataclass(frozen=True)
+class LinkFigures:
+    """The link a prediction uses: measured among the job's workers, or the documented table's."""
+    latency: float                 # seconds per collective
+    peer_bw: float                 # bytes one member receives per second
+    measured: bool
+    detail: str                    # among which workers, or which table entry and why not measured
+
+    def describe(self) -> str:
+        how = "measured" if self.measured else "documented"
+        return (f"link: {how} {self.latency * 1e3:.2f} ms per collective, {self.peer_bw / 1e6:.0f} MB/s "
+                f"({self.detail})")
+
+
+def documented_link(device: str, why: str) -> LinkFigures:
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    base = DEFAULT_FACTS[kind]
+    return LinkFigures(base["latency"], base["peer_bw"], False, f"{DEFAULT_LINK[kind]} table, {why}")
+
+
+def link_figures(scope: Any, workers: tuple[int, ...], device: str) -> LinkFigures:
+    """The link among `workers` (`device`: the main worker's, for the fallback): probed once per
+    engine and worker set, kept in `scope.root.links`; the documented table when it cannot be."""
+    if len(workers) < 2:
+        return documented_link(device, "not measured: one worker")
+    cache = scope.root.links
+    if workers not in cache:
+        cache[workers] = _probe(scope.root, workers)
+    found = cache[workers]
+    if "error" in found:
+        return documented_link(device, f"not measured: {found['error']}")
+    largest = max(int(size) for size in found["median_s_by_size"]) / 2**20
+    return LinkFigures(found["latency_s"], found["peer_bw_bytes_per_s"], True,
+                       f"all-gathers up to {largest:g} MB among workers {', '.join(map(str, workers))}")
+
+
+def _probe(root: Any, workers: tuple[int, ...]) -> dict[str, Any]:
+    """`benchmarks.link.measure_link` with the planner's quick sizes, or {"error": why}."""
+    from diffmesh.benchmarks import link
+
+    down = [w for w in workers if not root.executor.is_alive(w)]
+    if down:
+        return {"error": f"worker {down[0]} is not running"}
+    try:
+        return link.measure_link(root, workers, link.QUICK_SIZES, link.QUICK_REPEATS)
+    except Exception as exc:  # noqa: BLE001 - workers that cannot form a group: the table stands in
+        log.warning("link among workers %s not measured (%s: %s); the cost model uses the documented table",
+                    workers, type(exc).__name__, exc)
+        return {"error": f"the probe failed ({type(exc).__name__}: {exc})"}
 
 
 def _kind(family: str | None) -> str:
@@ -67,12 +132,14 @@ def job_facts(model: Any, job: Any, bytes_per: int) -> costmodel.ModelFacts:
                                              getattr(model, "family", None) or "")
 
 
-def device_facts(device: str, threads: int, budget: float | None) -> costmodel.DeviceFacts:
+def device_facts(device: str, threads: int, budget: float | None,
+                 link: LinkFigures | None = None) -> costmodel.DeviceFacts:
+    """The documented figures of `device`, with `link`'s latency and bandwidth where given."""
     base = DEFAULT_FACTS["cuda" if device.startswith("cuda") else "cpu"]
     flops = base.get("flops") or CPU_FLOPS_PER_THREAD * max(1, threads or 1)
     return costmodel.DeviceFacts(flops=flops, budget=float("inf") if budget is None else float(budget),
-                                 host_bw=base["host_bw"], peer_bw=base["peer_bw"], latency=base["latency"],
-                                 overlap=base["overlap"])
+                                 host_bw=base["host_bw"], peer_bw=base["peer_bw"] if link is None else link.peer_bw,
+                                 latency=base["latency"] if link is None else link.latency, overlap=base["overlap"])
 
 
 def memory_plan(scope: Any, model: Any, job: Any, mode: str, plan: SamplePlan,
@@ -91,10 +158,15 @@ def memory_plan(scope: Any, model: Any, job: Any, mode: str, plan: SamplePlan,
             explain(f"cost model: no prediction for {model.path}: {exc}")
         return plan
     known = [b for b in budgets if b is not None]
-    device = device_facts(main.device, getattr(spec, "threads", 1) or 1, min(known) if known else None)
-    predictions = costmodel.predict(facts, device, len(workers), float(job.cfg))
+    threads, budget = getattr(spec, "threads", 1) or 1, min(known) if known else None
+    alone = costmodel.predict(facts, device_facts(main.device, threads, budget), 1, float(job.cfg))
+    resident = next(p for p in alone if p.strategy == "resident")
+    if explain is None and (resident.fits or len(workers) < 2):
+        return plan                              # auto and it fits, or nothing to pool: no link to measure
+    link = link_figures(scope, tuple(w.worker_id for w in workers), main.device)
+    predictions = costmodel.predict(facts, device_facts(main.device, threads, budget, link), len(workers),
+                                    float(job.cfg))
     chosen = plan
-    resident = next(p for p in predictions if p.strategy == "resident")
     if mode == "auto" and not resident.fits and len(workers) >= 2:
         best = costmodel.choose(predictions, ("streamed", "shard", "layersplit"))
         if best is not None and best.strategy in ("shard", "layersplit"):
@@ -105,5 +177,6 @@ def memory_plan(scope: Any, model: Any, job: Any, mode: str, plan: SamplePlan,
             name = "streamed"
         explain(f"plan for {model.path} ({facts.kind}, {facts.total_bytes / 2**20:.1f} MB weights, "
                 f"latent {tuple(job.latent.shape)}, cfg {job.cfg}, {len(workers)} workers, --parallel {mode}): "
-                f"{chosen.strategy} - {chosen.reason}\n" + costmodel.table(predictions, name))
+                f"{chosen.strategy} - {chosen.reason}\n" + costmodel.table(predictions, name) + "\n"
+                + link.describe())
     return chosen
