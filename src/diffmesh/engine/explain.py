@@ -37,11 +37,11 @@ log = logging.getLogger("diffmesh.engine")
 CPU_FLOPS_PER_THREAD = 2e10      # fp32 FLOP/s of one CPU thread on a UNet/DiT forward (order of magnitude)
 DEFAULT_LINK = {"cpu": "gloo-loopback", "cuda": "pcie4"}     # costmodel.LINKS entry when none is measured
 DEFAULT_FACTS = {
-    "cpu": {"host_bw": 5e9, "peer_bw": costmodel.LINKS["gloo-loopback"]["bw"],
-            "latency": costmodel.LINKS["gloo-loopback"]["latency"], "overlap": 0.0, "bytes_per": 4},
+    "cpu": {"host_bw": 5e9, "peer_bw": costmodel.LINKS[DEFAULT_LINK["cpu"]]["bw"],
+            "latency": costmodel.LINKS[DEFAULT_LINK["cpu"]]["latency"], "overlap": 0.0, "bytes_per": 4},
     "cuda": {"flops": costmodel.DEVICES["RTX4090"]["flops"], "host_bw": costmodel.LINKS["pcie4"]["bw"],
-             "peer_bw": costmodel.LINKS["pcie4"]["bw"], "latency": costmodel.LINKS["pcie4"]["latency"],
-             "overlap": 1.0, "bytes_per": 2},
+             "peer_bw": costmodel.LINKS[DEFAULT_LINK["cuda"]]["bw"],
+             "latency": costmodel.LINKS[DEFAULT_LINK["cuda"]]["latency"], "overlap": 1.0, "bytes_per": 2},
 }
 
 
