@@ -75,7 +75,9 @@ def _sample(engine, executor, handle, job, pids, mode: str, steps: int) -> dict:
     last = layouts[0]["pipeline"]["last_call"]
     return {"step_s": wall / steps, "cpu_s_per_step": cpu / steps,
             "other_load_cores": max(0.0, (machine - cpu) / wall), "micro_batches": last["micro_batches"],
-            "rows": last["rows"], "latent_norm": float(result.norm())}
+            "rows": last["rows"], "latent_norm": float(result.norm()),
+            "blocks_per_worker": layouts[0]["blocks_per_rank"], "balance": layouts[0]["pipeline"]["balance"],
+            "held_bytes": [layout["held_bytes"] for layout in layouts]}
 
 
 def run(args) -> dict:
@@ -115,6 +117,8 @@ def run(args) -> dict:
                              "cpu_s_per_step": round(statistics.median(s["cpu_s_per_step"] for s in got), 3),
                              "other_load_cores": round(max(s["other_load_cores"] for s in got), 2),
                              "micro_batches": got[-1]["micro_batches"], "rows_per_call": got[-1]["rows"],
+                             "blocks_per_worker": got[-1]["blocks_per_worker"], "held_bytes": got[-1]["held_bytes"],
+                             "balance": got[-1]["balance"],
                              "all_step_s": [round(s["step_s"], 3) for s in got]}
             row["speedup"] = round(row["serial"]["step_s"] / row["pipelined"]["step_s"], 3)
             same = samples["serial"][-1]["latent_norm"], samples["pipelined"][-1]["latent_norm"]

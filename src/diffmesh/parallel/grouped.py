@@ -15,7 +15,7 @@ engine sends the `DIFFMESH_MICRO_BATCHES` override in the layout, so every membe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -36,7 +36,9 @@ class GroupedHandle:
     group: str
     rank: int
     world: int
-    shares: tuple = ()
+    # not part of the key: the engine's shares (free memory) change once a part is placed, and the
+    # placed part stays good; members agree on their owners at each job (`LayerSplit.agree_layout`)
+    shares: tuple = field(default=(), compare=False)
 
     def __getattr__(self, name: str) -> Any:
         if name == "handle":                   # not set yet (unpickling): no recursion
@@ -47,7 +49,8 @@ class GroupedHandle:
         return f"{self.handle} ({self.kind} {self.rank + 1}/{self.world})"
 
 
-def layout_factory(layout: dict, group: Any, on_device: bool) -> Callable[[Any], Any]:
+def layout_factory(layout: dict, group: Any, on_device: bool,
+                   free: Callable[[], float] | None = None) -> Callable[[Any], Any]:
     kind, rank, world = layout["kind"], layout["rank"], layout["world"]
     if kind == "shard":
         from diffmesh.parallel.shard import ShardedWeights
@@ -58,7 +61,7 @@ def layout_factory(layout: dict, group: Any, on_device: bool) -> Callable[[Any],
         from diffmesh.parallel.layersplit import LayerSplit
 
         shares = layout.get("shares") or [1.0] * world
-        return lambda placement: LayerSplit(placement, group, rank, world, shares, on_device)
+        return lambda placement: LayerSplit(placement, group, rank, world, shares, on_device, free)
     raise ValueError(f"unknown layout kind {kind!r}; expected one of {KINDS}")
 
 
@@ -96,7 +99,8 @@ def run_grouped(memory: Any, handle: Any, build: Callable, fn: Callable[[Any], A
                                     fix=ADVICE) from exc
 
     try:
-        return memory.run(key, build, body, layout=layout_factory(layout, group, on_device))
+        free = None if memory.budget is None else memory.free_bytes
+        return memory.run(key, build, body, layout=layout_factory(layout, group, on_device, free))
     except BaseException:
         if not agreed[0]:                      # the partners wait in agree_placed: tell them
             agree_placed(group, False, on_device)
@@ -104,10 +108,13 @@ def run_grouped(memory: Any, handle: Any, build: Callable, fn: Callable[[Any], A
 
 
 def _pipelined(memory: Any, key: GroupedHandle, component: Any, layout: dict) -> Any:
-    """A layer-split member's model with calls of 2+ rows run as micro-batches (`parallel.pipeline`)."""
+    """A layer-split member's model with calls of 2+ rows run as micro-batches (`parallel.pipeline`),
+    its owners agreed with the other members first (one collective)."""
     split = memory.layout_of(key) if layout["kind"] == "layersplit" else None
     if split is None or not hasattr(split, "pipelined"):
         return component
+    split.reserve = int(layout.get("reserve") or 0)
+    split.agree_layout()
     from diffmesh.parallel.pipeline import PipelineModel
 
     return PipelineModel(component, split, layout.get("micro_batches"))
@@ -133,6 +140,7 @@ def member_calls(scope: Any, model: Any, job: Any, plan: Any) -> list[tuple[int,
         free = [root.executor.call(w, "memory_free").result() for w in workers]
         shares = [1.0] * len(workers) if any(f is None for f in free) else [max(float(f), 1.0) for f in free]
         extra["micro_batches"] = requested_micro_batches()   # the same on every member: None = one per row
+        extra["reserve"] = _activation_reserve(scope, model, job, workers)
     calls = []
     for rank, worker in enumerate(workers):
         calls.append((worker, {"layout": {"kind": plan.strategy, "group": weights.group, "rank": rank,
@@ -143,6 +151,19 @@ def member_calls(scope: Any, model: Any, job: Any, plan: Any) -> list[tuple[int,
                 job, seq_group, root.sequence_attention)):
             kwargs["sequence"] = seq
     return calls
+
+
+def _activation_reserve(scope: Any, model: Any, job: Any, workers: tuple) -> int:
+    """Bytes a layer-split member keeps free for the job's activations when balancing moves blocks
+    (the cost model's estimate, measured per family: `engine.activations`); 0 when unknown."""
+    from diffmesh.engine.explain import DEFAULT_FACTS, job_facts
+
+    device = next((w.device for w in scope.workers if w.worker_id == workers[0]), "cpu")
+    try:
+        return int(job_facts(model, job, DEFAULT_FACTS["cuda" if device.startswith("cuda") else "cpu"]["bytes_per"])
+                   .activation_bytes)
+    except Exception:  # noqa: BLE001 - no readable header: balance within the budget alone
+        return 0
 
 
 def sample_pooled(scope: Any, handle: Any, job: Any, plan: Any, progress: Any = None) -> torch.Tensor:
