@@ -62,14 +62,16 @@ def test_balanced_layout_runs_each_worker_once_and_stays_exact(roomy_workers, re
         assert balance["after_call_s"] < balance["before_call_s"]
         assert stats["peak"] <= budget                     # moves drop blocks before taking new ones
     assert parts[0][1]["blocks_per_rank"] == parts[1][1]["blocks_per_rank"]
-    moves, counts = parts[0][1]["pipeline"]["balance"]["moves"], parts[0][1]["blocks_per_rank"]
+    moves = parts[0][1]["pipeline"]["balance"]["moves"]
 
-    # a second job: the same placed parts (the engine's shares changed, the key did not)
+    # a second job: the same placed parts (the engine's shares changed, the key did not); its calls
+    # may move blocks again where the new times predict 5% more, always on both members alike
     assert_same(engine.sample(sd1["unet"], job), reference_engine.sample(sd1["unet"], job))
     again = _parts(executor)
-    assert again[0][1]["blocks_per_rank"] == counts
     assert sum(len(stats["components"]) for stats, _ in again) == 2
-    assert again[0][1]["pipeline"]["balance"]["moves"] == moves
+    assert again[0][1]["pipeline"]["balance"]["moves"] >= moves
+    assert again[0][1]["blocks_per_rank"] == again[1][1]["blocks_per_rank"]
+    assert again[0][1]["pipeline"]["pipelined_calls"] == 2 * 3         # one part, every call of both jobs
 
     # worker 1's part unloaded: it re-places by bytes, finds it disagrees and takes rank 0's owners
     executor.call(1, "free").result()

@@ -145,8 +145,49 @@ def model_facts_from_shapes(shapes: dict[str, tuple], bytes_per: int, kind: str,
     flops = 2.0 * params * tokens * rows
     if kind == "dit":
         flops += 4.0 * tokens * tokens * width * len(blocks) * rows
+    elif any(key.startswith("input_blocks.") for key in shapes):
+        flops = unet_flops(shapes, tokens) * rows
     return ModelFacts(kind, total, tuple(blocks.values()), flops, tokens * width * bytes_per * rows,
                       attention_layers, family, tokens, width, rows, bytes_per)
+
+
+UNET_LEVEL = re.compile(r"^(input_blocks|output_blocks)\.(\d+)\.")
+
+
+def unet_flops(shapes: dict[str, tuple], tokens: int) -> float:
+    """One row's forward FLOPs of a UNet in ComfyUI's layout (`input_blocks.N`, `middle_block`,
+    `output_blocks.N`): each weight is applied at every position of its block's resolution level
+    (2 x params x tokens / 4^level; a downsampler `input_blocks.N.0.op` starts the next level, an
+    upsampler `output_blocks.N.M.conv` ends its block's level), and each self-attention layer adds
+    its two T x T products (4 T^2 x width). Most of a UNet's weights sit at the coarse levels, so
+    2 x params x full tokens, the transformer estimate, is several times too high for a UNet."""
+    down = sorted({int(m.group(2)) for k in shapes if (m := UNET_LEVEL.match(k)) and m.group(1) == "input_blocks"
+                   and k.startswith(f"input_blocks.{m.group(2)}.0.op.")})
+    up = sorted({int(m.group(2)) for k in shapes if (m := UNET_LEVEL.match(k)) and m.group(1) == "output_blocks"
+                 and re.match(rf"output_blocks\.{m.group(2)}\.\d+\.conv\.weight$", k)})
+    deepest = len(down)
+
+    def level(key: str) -> int:
+        match = UNET_LEVEL.match(key)
+        if key.startswith("middle_block."):
+            return deepest
+        if match is None:                          # conv_in/out, norms, time and label embeddings
+            return 0
+        index = int(match.group(2))
+        if match.group(1) == "input_blocks":
+            return sum(1 for d in down if d <= index)
+        return deepest - sum(1 for u in up if u < index)
+
+    flops = 0.0
+    for key, shape in shapes.items():
+        if key.startswith(("time_embed.", "label_emb.")):
+            flops += 2.0 * math.prod(shape)        # applied once per row, not per position
+            continue
+        at = tokens / 4 ** level(key)
+        flops += 2.0 * math.prod(shape) * at
+        if key.endswith("attn1.to_q.weight"):
+            flops += 4.0 * at * at * shape[0]
+    return flops
 
 
 def model_facts(path: str, component_prefix: str | None, kind: str, tokens: int, width: int, rows: int,

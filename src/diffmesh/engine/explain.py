@@ -34,7 +34,11 @@ from diffmesh.engine.planner import SamplePlan, _pooled
 
 log = logging.getLogger("diffmesh.engine")
 
-CPU_FLOPS_PER_THREAD = 2e10      # fp32 FLOP/s of one CPU thread on a UNet/DiT forward (order of magnitude)
+# fp32 FLOP/s one CPU thread reaches on a forward, by model kind (the FLOPs as `costmodel` counts them),
+# measured on this project's CI machine (2026-12-02): full-size SD1.5 at 512^2 and 1024^2 (16.9 s and
+# 102.6 s per row: 48 and 46 GFLOP/s; convolutions), the Flux reference transformer at 512^2 and
+# 1024^2 (12.7 s and 46.2 s: 91 and 110 GFLOP/s; large matrix products)
+CPU_FLOPS_PER_THREAD = {"unet": 4.7e10, "dit": 1.0e11}
 DEFAULT_LINK = {"cpu": "gloo-loopback", "cuda": "pcie4"}     # costmodel.LINKS entry when none is measured
 DEFAULT_FACTS = {
     "cpu": {"host_bw": 5e9, "peer_bw": costmodel.LINKS[DEFAULT_LINK["cpu"]]["bw"],
@@ -133,10 +137,11 @@ def job_facts(model: Any, job: Any, bytes_per: int) -> costmodel.ModelFacts:
 
 
 def device_facts(device: str, threads: int, budget: float | None,
-                 link: LinkFigures | None = None) -> costmodel.DeviceFacts:
-    """The documented figures of `device`, with `link`'s latency and bandwidth where given."""
+                 link: LinkFigures | None = None, kind: str = "unet") -> costmodel.DeviceFacts:
+    """The documented figures of `device`, with `link`'s latency and bandwidth where given; a CPU
+    thread's FLOP/s by the model's `kind` ("unet" or "dit": convolutions run at half the rate)."""
     base = DEFAULT_FACTS["cuda" if device.startswith("cuda") else "cpu"]
-    flops = base.get("flops") or CPU_FLOPS_PER_THREAD * max(1, threads or 1)
+    flops = base.get("flops") or CPU_FLOPS_PER_THREAD.get(kind, CPU_FLOPS_PER_THREAD["unet"]) * max(1, threads or 1)
     return costmodel.DeviceFacts(flops=flops, budget=float("inf") if budget is None else float(budget),
                                  host_bw=base["host_bw"], peer_bw=base["peer_bw"] if link is None else link.peer_bw,
                                  latency=base["latency"] if link is None else link.latency, overlap=base["overlap"])
@@ -159,12 +164,12 @@ def memory_plan(scope: Any, model: Any, job: Any, mode: str, plan: SamplePlan,
         return plan
     known = [b for b in budgets if b is not None]
     threads, budget = getattr(spec, "threads", 1) or 1, min(known) if known else None
-    alone = costmodel.predict(facts, device_facts(main.device, threads, budget), 1, float(job.cfg))
+    alone = costmodel.predict(facts, device_facts(main.device, threads, budget, kind=facts.kind), 1, float(job.cfg))
     resident = next(p for p in alone if p.strategy == "resident")
     if explain is None and (resident.fits or len(workers) < 2):
         return plan                              # auto and it fits, or nothing to pool: no link to measure
     link = link_figures(scope, tuple(w.worker_id for w in workers), main.device)
-    predictions = costmodel.predict(facts, device_facts(main.device, threads, budget, link), len(workers),
+    predictions = costmodel.predict(facts, device_facts(main.device, threads, budget, link, facts.kind), len(workers),
                                     float(job.cfg))
     chosen = plan
     if mode == "auto" and not resident.fits and len(workers) >= 2:

@@ -306,8 +306,10 @@ class LayerSplit:
         others kept theirs) takes rank 0's owners and the others' count."""
         if self.world < 2:
             return
-        owners = torch.tensor(self.owners, dtype=torch.float64)
-        spread = torch.cat([owners, -owners, torch.tensor([float(self.pipelined_calls)])])
+        where = self.placement.device if self.on_device else torch.device("cpu")   # NCCL: device tensors
+        owners = torch.tensor(self.owners, dtype=torch.float64, device=where)
+        spread = torch.cat([owners, -owners, torch.tensor([float(self.pipelined_calls)], dtype=torch.float64,
+                                                          device=where)])
         self._all_reduce(spread, "MAX")
         self.pipelined_calls = int(spread[-1].item())
         if torch.equal(spread[:len(owners)], -spread[len(owners):-1]):
