@@ -16,25 +16,9 @@ from diffmesh.engine.engine import Engine
 from diffmesh.executors.base import WorkerSpec
 from diffmesh.executors.inproc import InProcessExecutor
 from diffmesh.executors.multiproc import MultiProcessExecutor
-from diffmesh.models.handle import ModelHandle
 from diffmesh.sampling.job import SampleJob
 
 TWO_WORKER = ("shard", "layersplit", "cfg", "patch")
-
-
-@pytest.fixture(scope="module")
-def two_processes():
-    """Two CPU worker processes with one torch thread each."""
-    executor = MultiProcessExecutor([WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(2)],
-                                    start_timeout=120)
-    executor.start()
-    yield executor
-    executor.shutdown(timeout=5)
-
-
-@pytest.fixture(scope="module")
-def unet(tiny_models) -> ModelHandle:
-    return ModelHandle(tiny_models["sd1"], "unet", "sd1")
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from diffmesh.engine.engine import Engine
 from diffmesh.engine.options import add_engine_arguments
 from diffmesh.executors.base import WorkerSpec
 from diffmesh.executors.inproc import InProcessExecutor
-from diffmesh.models.handle import ModelHandle
 from diffmesh.sampling.job import SampleJob
-
-
-@pytest.fixture(scope="module")
-def unet(tiny_models) -> ModelHandle:
-    return ModelHandle(tiny_models["sd1"], "unet", "sd1")
 
 
 @pytest.fixture(scope="module")

@@ -16,24 +16,10 @@ from diffmesh.engine.engine import Engine
 from diffmesh.errors import InterruptedError_
 from diffmesh.executors.base import WorkerSpec
 from diffmesh.executors.inproc import InProcessExecutor
-from diffmesh.executors.multiproc import MultiProcessExecutor
 from diffmesh.models.handle import ModelHandle
 from diffmesh.sampling.job import SampleJob
 
 STEPS = 30
-
-
-@pytest.fixture(scope="module")
-def workers():
-    executor = MultiProcessExecutor([WorkerSpec(worker_id=i, device="cpu", threads=1) for i in range(2)])
-    executor.start()
-    yield executor
-    executor.shutdown(timeout=5)
-
-
-@pytest.fixture(scope="module")
-def unet(tiny_models) -> ModelHandle:
-    return ModelHandle(tiny_models["sd1"], "unet", "sd1")
 
 
 @pytest.fixture(scope="module")
@@ -68,53 +54,53 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def test_killed_worker_mid_sample_is_retried_once_on_a_live_worker(workers, unet, job_and_reference):
+def test_killed_worker_mid_sample_is_retried_once_on_a_live_worker(two_processes, unet, job_and_reference):
     job, reference = job_and_reference
-    engine = Engine(workers, parallel="none")
-    old_pid, events = workers.pid(0), []
-    result = engine.sample(unet, job, _kill_at_step(workers, 0, 3, events))
+    engine = Engine(two_processes, parallel="none")
+    old_pid, events = two_processes.pid(0), []
+    result = engine.sample(unet, job, _kill_at_step(two_processes, 0, 3, events))
     assert _relative(result, reference) < 1e-5
     assert events[-1]["value"] == STEPS and events[-1]["worker"] == 1      # finished on the live worker
-    assert workers.call(0, "ping").result(timeout=60)["pid"] != old_pid    # replaced, serving again
+    assert two_processes.call(0, "ping").result(timeout=60)["pid"] != old_pid    # replaced, serving again
     assert engine.describe()["workers"][0]["restarts"] >= 1
 
 
-def test_worker_killed_during_cfg_parallel_still_completes_the_job_once(workers, unet, job_and_reference):
+def test_worker_killed_during_cfg_parallel_still_completes_the_job_once(two_processes, unet, job_and_reference):
     job, reference = job_and_reference
-    engine = Engine(workers, parallel="cfg")
-    workers.call(1, "ping").result(timeout=60)
+    engine = Engine(two_processes, parallel="cfg")
+    two_processes.call(1, "ping").result(timeout=60)
     events: list = []
-    result = engine.sample(unet, job, _kill_at_step(workers, 1, 3, events))
+    result = engine.sample(unet, job, _kill_at_step(two_processes, 1, 3, events))
     assert _relative(result, reference) < 1e-5
     assert events[-1]["strategy"] == "single" and events[-1]["value"] == STEPS
-    workers.call(1, "ping").result(timeout=60)
+    two_processes.call(1, "ping").result(timeout=60)
     again = engine.sample(unet, job)                    # a fresh gloo pair with the replacement
     assert engine.last_plan.strategy == "cfg" and _relative(again, reference) < 1e-5
 
 
-def test_worker_killed_during_batch_parallel_has_its_rows_redone_once(workers, unet, job_and_reference):
+def test_worker_killed_during_batch_parallel_has_its_rows_redone_once(two_processes, unet, job_and_reference):
     job, _ = job_and_reference
     from dataclasses import replace
 
     batch = replace(job, latent=job.latent.repeat(2, 1, 1, 1), noise=torch.cat([job.noise, -job.noise]))
-    reference = Engine(workers, parallel="none").sample(unet, batch)
-    engine = Engine(workers, parallel="batch")
-    workers.call(0, "ping").result(timeout=60)
-    old_pid, events = workers.pid(0), []
-    result = engine.sample(unet, batch, _kill_at_step(workers, 0, 3, events))
+    reference = Engine(two_processes, parallel="none").sample(unet, batch)
+    engine = Engine(two_processes, parallel="batch")
+    two_processes.call(0, "ping").result(timeout=60)
+    old_pid, events = two_processes.pid(0), []
+    result = engine.sample(unet, batch, _kill_at_step(two_processes, 0, 3, events))
     assert engine.last_plan.ranges == ((0, 1), (1, 2))
     assert _relative(result, reference) < 1e-5
-    assert workers.call(0, "ping").result(timeout=60)["pid"] != old_pid
+    assert two_processes.call(0, "ping").result(timeout=60)["pid"] != old_pid
 
 
-def test_interrupt_stops_both_cfg_halves_and_the_pair_stays_usable(workers, unet, job_and_reference):
+def test_interrupt_stops_both_cfg_halves_and_the_pair_stays_usable(two_processes, unet, job_and_reference):
     job, reference = job_and_reference
-    engine = Engine(workers, parallel="cfg")
+    engine = Engine(two_processes, parallel="cfg")
 
     def interrupt_at_step_2(event: dict) -> None:
         if event["value"] == 2:
             engine.interrupt()
     with pytest.raises(InterruptedError_):
         engine.sample(unet, job, interrupt_at_step_2)
-    assert not workers.busy(0) and not workers.busy(1)
+    assert not two_processes.busy(0) and not two_processes.busy(1)
     assert _relative(engine.sample(unet, job), reference) < 1e-5
