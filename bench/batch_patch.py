@@ -136,9 +136,9 @@ def main() -> int:
               "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before,
                           "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
               "summary": summary, "runs": results}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    from diffmesh.benchmarks.report import write_report
+
+    write_report(a.out, result)
     return 0
 
 

@@ -186,9 +186,9 @@ def main() -> int:
         ref = COMFYUI_REFERENCE_256.get(run.get("family"))
         if run["size"] == 256 and "implementation" not in run and ref:
             run["per_step_ratio_vs_comfyui_256"] = round(run["mean_step_s"] / ref["per_step_s"], 3)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    from diffmesh.benchmarks.report import write_report
+
+    write_report(a.out, result)
     return 0
 
 

@@ -185,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                                    "size": args.size, "steps": args.steps, "link": link_record, "results": runs})
             print(json.dumps(report["runs"][-1], indent=1), file=sys.stderr)
             print(f"{name}: predictions with {link.describe()}", file=sys.stderr)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    from diffmesh.benchmarks.report import write_report
+
+    write_report(args.out, report, echo=False)
     for row in report["gpu_predictions"]:
         if row["anchor"]:
             print(f"{row['model']:<24} {row['setup']:<20} x{row['devices']}: predicted {row['best']} "

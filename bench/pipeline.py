@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                          "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
               "args": vars(args), **run(args)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    from diffmesh.benchmarks.report import write_report
+
+    write_report(args.out, report, echo=False)
     for row in report["runs"]:
         print(f"batch {row['batch']} cfg {row['cfg']}: serial {row['serial']['step_s']} s/step "
               f"({row['serial']['cpu_s_per_step']} CPU s), pipelined {row['pipelined']['step_s']} s/step "

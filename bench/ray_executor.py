@@ -12,7 +12,6 @@ on a real cluster (model bytes once per node, arguments, results, events) is the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import threading
 import time
@@ -104,9 +103,9 @@ def main() -> int:
               "machine": {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}, "runs": runs,
               "cfg_step_overhead_ratio_ray_vs_multiproc": round(mean("ray", "cfg_step_mean_s") / mean("multiproc", "cfg_step_mean_s"), 3),
               "queue_time_ratio_ray_vs_multiproc": round(mean("ray", "queue_4_jobs_s") / mean("multiproc", "queue_4_jobs_s"), 3)}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    from diffmesh.benchmarks.report import write_report
+
+    write_report(a.out, result)
     return 0
 
 

@@ -23,7 +23,6 @@ Output: JSON on stdout and in bench/results/sequence.json (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -135,9 +134,9 @@ def main() -> int:
               "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before,
                           "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
               "sizes": sizes}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    from diffmesh.benchmarks.report import write_report
+
+    write_report(a.out, result)
     return 0
 
 

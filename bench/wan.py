@@ -132,9 +132,9 @@ def main() -> int:
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     machine = {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
     result = {"benchmark": "wan", "machine": machine, "runs": runs}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    from diffmesh.benchmarks.report import write_report
+
+    write_report(a.out, result)
     return 0
 
 

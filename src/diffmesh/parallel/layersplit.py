@@ -276,29 +276,30 @@ class LayerSplit:
             facts[int(index)] += (end - start) / count
         if self.rank == 0:
             facts[n:2 * n] = torch.tensor(self.order, dtype=torch.float64)
-        held = sum(b.nbytes for b, r in zip(self.blocks, self.owners) if r == self.rank)
-        room = float("inf") if self.free is None else held + float(self.free()) - self.reserve
+        sizes = [b.nbytes for b in self.blocks]
+        holding = [sum(s for s, r in zip(sizes, self.owners) if r == k) for k in range(world)]
+        room = float("inf") if self.free is None else holding[self.rank] + float(self.free()) - self.reserve
         facts[2 * n + self.rank] = min(room, 1e300)
         self._all_reduce(facts, "SUM")             # each entry comes from one member: the sum is exact
         times = facts[:n].tolist()
         order = [int(v) for v in facts[n:2 * n].tolist()]
-        sizes = [b.nbytes for b in self.blocks]
-        holding = [sum(s for s, r in zip(sizes, self.owners) if r == k) for k in range(world)]
         rooms = [max(float(c), h) for c, h in zip(facts[2 * n:].tolist(), holding)]   # never worse than now
-        now = pipeline_seconds(chain(order, times, self.owners), count)
+        stages = chain(order, times, self.owners)
+        now = pipeline_seconds(stages, count)
         found = balanced_owners(order, times, sizes, rooms)
         self.balance.update({"order": order, "block_s": [round(t, 4) for t in times],
-                             "stages": chain(order, times, self.owners), "predicted_call_s": now,
+                             "stages": stages, "predicted_call_s": now,
                              "room_bytes": rooms, "holding_bytes": holding})
         if found is None or found == self.owners:
             return
-        then = pipeline_seconds(chain(order, times, found), count)
+        after = chain(order, times, found)
+        then = pipeline_seconds(after, count)
         if then > now * (1.0 - MIN_GAIN):
             return
         moved = sum(s for s, old, new in zip(sizes, self.owners, found) if old != new)
         self._move(found)
         self.balance.update({"moves": self.balance["moves"] + 1, "moved_bytes": moved, "before_call_s": now,
-                             "after_call_s": then, "stages_after": chain(order, times, found)})
+                             "after_call_s": then, "stages_after": after})
 
     def agree_layout(self) -> None:
         """At the start of a job, on every member: the same owners and the same count of pipelined calls
